@@ -1,0 +1,41 @@
+"""siglite: Google's SigLIP image-text encoders, faithful to the reference and fast."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ImageError, LoadError, SigliteError
+from .pipeline import ImageBatch, Model
+from .preprocess.image import from_bgr
+from .registry import Spec, list_models
+
+__all__ = ["load", "list_models", "Model", "ImageBatch", "Spec", "SigliteError", "LoadError", "ImageError", "from_bgr"]
+__version__ = "0.1.0"
+
+
+def load(name_or_path: str | os.PathLike, engine: str = "torch", device: str | None = None, dtype: str | None = None,
+         *, revision: str | None = None, allow_pickle: bool = False) -> Model:
+    """Load a SigLIP checkpoint: a hub-layout folder, a hub id (cached; honours HF_HUB_OFFLINE) or a name from
+    `siglite list`.
+
+    Args:
+        name_or_path: folder with config.json, model.safetensors, tokenizer files and preprocessor_config.json,
+            or a hub id such as "google/siglip-base-patch16-224".
+        engine: "torch" (default), or an engine of an optional extra ("onnxruntime", "openvino").
+        device: "cpu", "cuda", "cuda:1"...; default CUDA when available.
+        dtype: "float32" (default), "bfloat16" or "float16" for the torch engine.
+        revision: hub revision (branch, tag or commit) for hub ids.
+        allow_pickle: accept a pytorch_model.bin pickle checkpoint (unpickling can run code; off by default).
+    """
+    from .engines.base import engine_module
+    from .loading import PREPROCESSOR, read_checkpoint, read_json, resolve
+    from .preprocess.image import ImageConfig
+    from .preprocess.text import load_tokenizer
+
+    folder = resolve(name_or_path, revision=revision)
+    ckpt = read_checkpoint(folder)
+    image_config = ImageConfig.from_hf(read_json(folder / PREPROCESSOR)) if ckpt.vision is not None else None
+    tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
+    runner = engine_module(engine).create(folder, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    return Model(runner, image_config, tokenizer, name=str(name_or_path), folder=folder,
+                 config=ckpt.config)
