@@ -5,8 +5,10 @@ Every image is built on the fly (PIL / numpy / cv2) under tmp_path; nothing is d
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import re
 import struct
 import warnings
 import zlib
@@ -49,7 +51,8 @@ def _noise(h: int, w: int, c: int = 3, seed: int = RNG_SEED) -> np.ndarray:
 HF_CONFIGS = {
     "siglip384_bicubic": {
         "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
-        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5], "processor_class": "SiglipProcessor",
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "SiglipProcessor",
         "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"height": 384, "width": 384},
     },
     "bilinear_224x320_imagenet": {
@@ -62,19 +65,23 @@ HF_CONFIGS = {
         "rescale_factor": 0.00392156862745098, "size": {"height": 96, "width": 96},
     },
 }
-RESIZE_SHAPES = [(1, 1), (7, 3000), (3000, 7), (1000, 600), (50, 80), (384, 384), (383, 385)]
+RESIZE_SHAPES = [(1, 1), (7, 3000), (3000, 7), (700, 500), (50, 80), (384, 384), (383, 385)]
 PIL_MODES = ["RGB", "L", "RGBA", "LA", "P", "P+transparency", "CMYK", "1"]
 
 
+@functools.cache
 def _pil_image(h: int, w: int, mode: str) -> PIL.Image.Image:
+    """Cached (tests must not mutate it): building these is slower than processing them."""
     rgba = _noise(h, w, 4)
     rgba[..., 3] = np.where(np.arange(w)[None, :] % 3 == 0, 0, rgba[..., 3])  # fully transparent columns too
-    img = PIL.Image.fromarray(rgba, "RGBA")
-    if mode == "P+transparency":
-        p = img.convert("RGB").convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=64)
-        p.info["transparency"] = 5
-        return p
-    return img.convert(mode)
+    if mode.startswith("P"):
+        # A random palette indexed directly: quantizing would be slow and add nothing here.
+        img = PIL.Image.fromarray(rgba[..., 0], "P")
+        img.putpalette(np.random.default_rng(h + w).integers(0, 256, 768, dtype=np.uint8).tobytes())
+        if mode == "P+transparency":
+            img.info["transparency"] = int(rgba[0, 0, 0])
+        return img
+    return PIL.Image.fromarray(rgba, "RGBA").convert(mode)
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +103,22 @@ def test_resize_matches_transformers(hf_processors, name):
     assert cfg == ImageConfig.from_hf(HF_CONFIGS[name])
     worst, worst_case = 0.0, None
     for h, w in RESIZE_SHAPES:
-        cases = [(f"PIL {mode}", _pil_image(h, w, mode), {}) for mode in PIL_MODES]
-        cases += [(f"array {c}ch", _noise(h, w, c).squeeze(-1) if c == 1 else _noise(h, w, c),
-                   {"input_data_format": "channels_last"}) for c in (1, 3, 4)]
-        for label, image, kwargs in cases:
+        cases = [(f"PIL {mode}", img, img, {}) for mode in PIL_MODES for img in [_pil_image(h, w, mode)]]
+        # transformers wants (H, W, 1) for gray arrays; siglite also takes plain (H, W).
+        cases += [(f"array {c}ch", arr[..., 0] if c == 1 else arr, arr, {"input_data_format": "channels_last"})
+                  for c in (1, 3, 4) for arr in [_noise(h, w, c)]]
+        for label, image, ref_image, kwargs in cases:
             ours = resize(decode(image), cfg)
-            ref = _hf_pixels(processor, image, **kwargs)
+            ref = _hf_pixels(processor, ref_image, **kwargs)
             assert ours.shape == ref.shape == (3, cfg.height, cfg.width)
             assert ours.dtype == np.float32 and ours.flags.c_contiguous
             diff = float(np.abs(ours - ref).max())
             if diff > worst:
                 worst, worst_case = diff, f"{label} {h}x{w}"
-    print(f"\nresize vs transformers [{name}]: worst max|Δ| = {worst:.3g} ({worst_case})")
-    assert worst <= 1e-6, worst_case
+    print(f"\nresize vs transformers [{name}]: worst max|Δ| = {worst:.3g} ({worst_case or 'every case exact'})")
+    # The brief allows 1e-6, but both sides run the same PIL and numpy, so anything above 0 is a real divergence
+    # (e.g. a float64 normalize would still pass 1e-6 at ~2.4e-7).
+    assert worst == 0.0, worst_case
 
 
 def test_resize_without_resize_keeps_size_and_matches(hf_processors):
@@ -158,8 +168,9 @@ def seed_preprocess(image, target_size=384):
 def test_letterbox_bit_exact_vs_seed_recipe(target):
     cfg = ImageConfig(target, target)
     # landscape, portrait, already square (at / above / below target), smaller than target, extreme, odd sizes
-    shapes = [(480, 640), (640, 480), (384, 384), (1000, 1000), (100, 100), (100, 50), (37, 23), (3, 1000),
-              (1000, 3), (1, 1), (385, 383), (224, 300), (767, 1025)]
+    # (the recipe itself crashes when a side rounds to 0 px, so the extremes stop at 5x1000)
+    shapes = [(480, 640), (640, 480), (384, 384), (1000, 1000), (100, 100), (100, 50), (37, 23), (5, 1000),
+              (1000, 5), (1, 1), (385, 383), (224, 300), (767, 1025)]
     worst = 0.0
     for h, w in shapes:
         bgr = _noise(h, w)
@@ -224,7 +235,10 @@ def test_decode_applies_exif_orientation(tmp_path, orientation, k):
     out = decode(path)
     expected = np.rot90(_quadrants(), k=k)  # k=-1: clockwise, what orientation 6 asks the viewer to do
     assert out.shape == expected.shape
-    assert np.abs(out.astype(int) - expected).mean() < 3
+    h, w = out.shape[:2]
+    for rows in (slice(2, h // 2 - 2), slice(h // 2 + 2, h - 2)):  # quadrant interiors, away from JPEG edge blur
+        for cols in (slice(2, w // 2 - 2), slice(w // 2 + 2, w - 2)):
+            assert np.abs(out[rows, cols].astype(int) - expected[rows, cols]).max() <= 8
     # The same file as bytes and as an opened PIL image gives the same pixels.
     np.testing.assert_array_equal(decode(path.read_bytes()), out)
     with PIL.Image.open(path) as img:
@@ -305,7 +319,7 @@ def test_decode_int32_mode_read_as_16bit():
 
 
 def test_decode_big_endian_16bit():
-    img = PIL.Image.fromarray(np.array([[0, 257, 65535]], ">u2"), "I;16B")
+    img = PIL.Image.frombytes("I;16B", (3, 1), np.array([0, 257, 65535], ">u2").tobytes())
     np.testing.assert_array_equal(decode(img)[0, :, 1], [0, 1, 255])
 
 
@@ -407,7 +421,7 @@ def _assert_image_error(src, source: str, reason_pattern: str):
     assert isinstance(err, SigliteError)
     assert err.source == source and str(err).startswith(f"{source}: ")
     assert "\n" not in str(err)
-    assert __import__("re").search(reason_pattern, err.reason), err.reason
+    assert re.search(reason_pattern, err.reason), err.reason
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
@@ -501,7 +515,8 @@ def test_from_bgr():
 
 def test_preprocess_batch_skip_and_raise(tmp_path):
     cfg = ImageConfig(32, 32)
-    good = [_noise(40, 50), PIL.Image.fromarray(_noise(20, 10)), _save(PIL.Image.fromarray(_noise(9, 9)), tmp_path / "a.png")]
+    good = [_noise(40, 50), PIL.Image.fromarray(_noise(20, 10)),
+            _save(PIL.Image.fromarray(_noise(9, 9)), tmp_path / "a.png")]
     images = [good[0], b"junk", good[1], tmp_path / "missing.png", good[2]]
     for mode, fn in PREPROCESS.items():
         pixels, ok, failures = preprocess_batch(images, cfg, mode, on_error="skip")
@@ -510,7 +525,7 @@ def test_preprocess_batch_skip_and_raise(tmp_path):
         assert [i for i, _ in failures] == [1, 3]
         assert failures[0][1].startswith("<bytes len=4>: ") and "missing.png: no such file" in failures[1][1]
         assert all("\n" not in reason for _, reason in failures)
-        for row, src in zip(pixels, good):
+        for row, src in zip(pixels, good, strict=True):
             np.testing.assert_array_equal(row, fn(decode(src), cfg))
     with pytest.raises(ImageError, match=r"^<bytes len=4>: "):
         preprocess_batch(images, cfg)

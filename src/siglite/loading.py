@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ PREPROCESSOR = "preprocessor_config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "namespace/name", as huggingface_hub validates it
 HUB_FILES = ["*.json", "*.safetensors", "spiece.model", "tokenizer.model"]
 
 # transformers' model_type -> which towers the checkpoint holds
@@ -72,7 +74,7 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> 
     name = str(name_or_path)
     spec = find_spec(name)
     repo_id = spec.hub_id if spec else name
-    if "/" not in repo_id:
+    if not HUB_ID.fullmatch(repo_id):
         raise LoadError(f"{name}: no such folder, and not a known model or hub id (see `siglite list`)")
     from huggingface_hub import snapshot_download  # network/cache access only when asked for a hub id
 

@@ -21,6 +21,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import PIL.Image
@@ -82,7 +83,7 @@ class ImageConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ImageConfig.{name} must be a positive int, got {value!r}")
         if self.resample not in _RESAMPLE_CODES:
-            raise ValueError(f"ImageConfig.resample must be a PIL resample code {_RESAMPLE_CODES}, got {self.resample!r}")
+            raise ValueError(f"ImageConfig.resample must be a PIL code {_RESAMPLE_CODES}, got {self.resample!r}")
         if any(s == 0 for s in self.image_std):
             raise ValueError(f"ImageConfig.image_std must not contain 0, got {self.image_std}")
 
@@ -218,9 +219,9 @@ def decode(
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
     source = source_name(src)
     if isinstance(src, np.ndarray):
-        rgb = _array_to_rgb(src, source, background)
-        _check_pixels(source, rgb.shape[1], rgb.shape[0], max_pixels)
-        return rgb
+        _check_array(src, source)
+        _check_pixels(source, src.shape[1], src.shape[0], max_pixels)
+        return _array_to_rgb(src, background)
     if isinstance(src, PIL.Image.Image):
         return _pil_to_array(src, source, max_pixels, background)
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -290,7 +291,8 @@ def _bomb_error(source: str, exc: Exception) -> ImageError:
 def _open_and_decode(fp, source: str, max_pixels: int | None, background: tuple) -> np.ndarray:
     try:
         # Our max_pixels is the limit that counts, so PIL's softer warning (at half its hard limit) is noise here;
-        # its hard limit still raises DecompressionBombError, reported below.
+        # its hard limit still raises DecompressionBombError, reported below. (catch_warnings is process-global
+        # before Python 3.14; racing threads can at worst leave this one PIL warning silenced.)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
             img = PIL.Image.open(fp)
@@ -375,16 +377,15 @@ def _check_array(array: np.ndarray, source: str) -> None:
         raise _error(source, "empty image (zero height or width)")
 
 
-def _array_to_rgb(array: np.ndarray, source: str, background: tuple) -> np.ndarray:
+def _array_to_rgb(array: np.ndarray, background: tuple) -> np.ndarray:
     """Port of transformers ``image_transforms.convert_to_rgb`` (numpy branch), with a configurable background."""
-    _check_array(array, source)
     if array.ndim == 2:
         array = array[..., None]
     channels = array.shape[2]
     if channels == 1:
         return np.ascontiguousarray(np.repeat(array, 3, axis=-1))
     if channels == 3:
-        return np.ascontiguousarray(array).copy()
+        return np.array(array, order="C", copy=True)
     # Same float64 expression and rounding as transformers, so RGBA arrays match it exactly.
     alpha = array[..., 3:4] / 255
     composite = alpha * array[..., :3] + (1 - alpha) * np.asarray(background, dtype=np.float64)
@@ -465,8 +466,9 @@ def letterbox(image: np.ndarray, cfg: ImageConfig) -> np.ndarray:
     Port of the seed recipe ``shared/seeds/000_b64b46afb15a8577.txt`` (``cv2.INTER_AREA`` resize, centred
     ``cv2.copyMakeBorder`` with 127, ``x / 127.5 - 1``), taking RGB instead of BGR: INTER_AREA treats channels
     independently, so resizing RGB equals resizing BGR and then swapping. With the SigLIP default normalization
-    (rescale 1/255, mean = std = 0.5) the recipe's own expression is used, so results are bit-identical to it; any
-    other normalization follows `resize`'s transformers-style rescale and normalize. ``cfg.resample`` and
+    (rescale 1/255, mean = std = 0.5) the recipe's own expression is used, so results are bit-identical to it (the
+    transformers-style expression happens to agree on all 256 levels, but the recipe is the contract); any other
+    normalization follows `resize`'s transformers-style rescale and normalize. ``cfg.resample`` and
     ``cfg.do_resize`` do not apply here.
 
     Args:
