@@ -113,3 +113,23 @@ def test_hub_cache_layout_loads_offline(tiny_spiece, monkeypatch, tmp_path, samp
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = siglite.load("acme/tiny-siglip")
     assert model.image_features(sample_images[:1]).shape[0] == 1
+
+
+def test_vision_only_checkpoint(tiny_spiece, tmp_path, sample_images):
+    """A SiglipVisionModel checkpoint (the VLM vision tower, no text tower, no tokenizer) loads and matches."""
+    from transformers import SiglipVisionModel
+
+    ref = SiglipVisionModel.from_pretrained(tiny_spiece).eval()
+    folder = tmp_path / "vision-only"
+    ref.save_pretrained(folder)
+    shutil.copy(tiny_spiece / "preprocessor_config.json", folder)
+    model = siglite.load(folder)
+    assert model.tokenizer is None
+    pixels = torch.rand(2, 3, 34, 34) * 2 - 1
+    with torch.no_grad():
+        want = ref(pixel_values=pixels)
+    pooled, tokens = model.engine.encode_image(pixels.numpy(), tokens=True)
+    torch.testing.assert_close(torch.from_numpy(tokens), want.last_hidden_state, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(pooled), want.pooler_output, atol=1e-4, rtol=0)
+    with pytest.raises(siglite.SigliteError, match="no tokenizer"):
+        model.text_features(["a cat"])
