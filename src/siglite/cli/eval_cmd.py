@@ -1,0 +1,139 @@
+"""siglite eval: zero-shot classification, retrieval and fidelity, as tables or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_format_arg, add_model_args, emit, load_model
+
+EPILOG = """examples:
+  siglite eval zeroshot --model M --data imagenet/val --classnames classnames.txt --templates templates.json
+  siglite eval zeroshot --model M --data cifar-100-python --preprocess letterbox
+  siglite eval retrieval --model M --data captions.jsonl
+  siglite eval retrieval --model M --data annotations/captions_val2017.json --images-root val2017
+  siglite eval fidelity --model M --precision float32 --candidate-precision bfloat16 --images photos/
+  siglite eval fidelity --model M --candidate M-int8 --candidate-engine onnxruntime --data cifar-100-python --limit 1000
+
+fidelity: per-image cosine similarity and MSE of last_hidden_state (flattened per image) and pooler_output,
+as mean ( min ~ max ), 1%-low, where 1%-low is the 1st percentile over images (1% of images score at or below it)."""
+
+
+def register(sub):
+    p = sub.add_parser("eval", help="evaluate: zero-shot accuracy, retrieval recall, fidelity between two runs",
+                       description="Evaluate a model (metric names as CLIP_benchmark's).", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+
+    z = tasks.add_parser("zeroshot", help="zero-shot classification: acc1, acc5, mean_per_class_recall")
+    add_model_args(z)
+    z.add_argument("--data", required=True, help="ImageNet-style folder (root/<class>/<image>) or CIFAR-100 python "
+                                                 "folder (with 'test' and 'meta')")
+    _add_classification_args(z)
+    _add_common(z)
+    z.set_defaults(run=run_zeroshot)
+
+    r = tasks.add_parser("retrieval", help="image<->text retrieval recall@1/5/10")
+    add_model_args(r)
+    r.add_argument("--data", required=True, help='a .jsonl of {"image": path, "captions": [...]} or a COCO captions '
+                                                 ".json")
+    r.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the data "
+                                                       "file's folder)")
+    r.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="cut-offs (default: 1 5 10)")
+    _add_common(r)
+    r.set_defaults(run=run_retrieval)
+
+    f = tasks.add_parser("fidelity", help="how closely a candidate engine/precision reproduces the model",
+                         description="Per-image cosine similarity and MSE of last_hidden_state and pooler_output, "
+                                     "summarised as mean ( min ~ max ), 1%-low (the 1st percentile over images).")
+    add_model_args(f)
+    f.add_argument("--candidate", default=None, help="candidate checkpoint (default: --model)")
+    f.add_argument("--candidate-engine", default=None, help="candidate engine (default: --engine)")
+    f.add_argument("--candidate-precision", default=None, help="candidate precision (default: --precision)")
+    f.add_argument("--candidate-device", default=None, help="candidate device (default: --device)")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+", help="image files or folders (unlabelled)")
+    src.add_argument("--data", help="a labelled set (as for zeroshot) to add top-1 agreement and accuracy")
+    _add_classification_args(f)
+    f.add_argument("--digits", type=int, default=3, help="decimals in the markdown table (default: 3)")
+    _add_common(f)
+    f.set_defaults(run=run_fidelity)
+
+
+def _add_classification_args(p):
+    p.add_argument("--classnames", default=None, help="class names: one per line, a JSON list, or a JSON dict "
+                                                      "folder -> name (default: folder / CIFAR meta names)")
+    p.add_argument("--templates", default=None, help='JSON list of prompt templates with {c} or {} '
+                                                     '(default: "This is a photo of {}.")')
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most N images, spread over the set")
+
+
+def _add_common(p):
+    p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize",
+                   help="resize: the checkpoint's processor (default); letterbox: aspect-preserving, gray 127 padding")
+    p.add_argument("--batch-size", type=int, default=None, help="images and prompts per forward pass")
+    p.add_argument("--out", "-o", default=None, help="also write the record as JSON to this file")
+    add_format_arg(p)
+
+
+def _templates(args):
+    from ..pipeline import DEFAULT_TEMPLATE
+    from ..tasks.datasets import read_templates
+
+    return read_templates(args.templates) if args.templates else DEFAULT_TEMPLATE
+
+
+def _finish(record: dict, args, text: str | None = None) -> None:
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if args.format == "json":
+        print(json.dumps(record, indent=2, default=str))
+    elif text is not None:
+        print(text)
+    else:
+        emit([{"metric": k, "value": v} for k, v in record.items() if not isinstance(v, (list, dict))], "table")
+    for reason in record.get("failures", []) if args.format != "json" else []:
+        print(f"skipped: {reason}")
+
+
+def run_zeroshot(args):
+    from ..tasks.datasets import read_classification
+    from ..tasks.evaluate import zero_shot
+
+    data = read_classification(args.data, args.classnames).subset(args.limit)
+    model = load_model(args)
+    _finish(zero_shot(model, data, templates=_templates(args), preprocess=args.preprocess,
+                      batch_size=args.batch_size), args)
+
+
+def run_retrieval(args):
+    from ..tasks.datasets import read_retrieval
+    from ..tasks.evaluate import retrieval
+
+    items = read_retrieval(args.data, args.images_root)
+    model = load_model(args)
+    _finish(retrieval(model, items, k=args.recall_k, preprocess=args.preprocess, batch_size=args.batch_size), args)
+
+
+def run_fidelity(args):
+    import siglite
+
+    from ..tasks.datasets import list_images, read_classification
+    from ..tasks.evaluate import fidelity, fidelity_markdown
+
+    labels = classnames = None
+    if args.data:
+        data = read_classification(args.data, args.classnames).subset(args.limit)
+        images, labels, classnames = data.images, data.labels, data.classnames
+    else:
+        images = [p for src in args.images for p in (list_images(src) if Path(src).is_dir() else [Path(src)])]
+        images = images[:args.limit] if args.limit else images
+    reference = load_model(args)
+    candidate = siglite.load(args.candidate or args.model, engine=args.candidate_engine or args.engine,
+                             device=args.candidate_device or args.device,
+                             dtype=args.candidate_precision or args.precision, revision=args.revision)
+    record = fidelity(reference, candidate, images, labels, classnames, templates=_templates(args),
+                      preprocess=args.preprocess, batch_size=args.batch_size)
+    header = f"reference: {record['reference']}\ncandidate: {record['candidate']}\nimages: {record['n']}"
+    _finish(record, args, f"{header}\n\n{fidelity_markdown(record, digits=args.digits)}")
