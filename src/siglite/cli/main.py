@@ -10,7 +10,7 @@ import traceback
 
 from ..errors import SigliteError
 
-COMMANDS = ["list", "info", "classify", "encode"]
+COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search"]
 
 EPILOG = """examples:
   siglite list
