@@ -12,6 +12,7 @@ from ..errors import SigliteError
 # engine name -> (module, the pip extra that provides its runtime)
 ENGINES = {
     "torch": ("siglite.engines.torch", None),
+    "cuda": ("siglite.engines.cuda", None),
     "onnxruntime": ("siglite.engines.onnxruntime", "onnx"),
     "openvino": ("siglite.engines.openvino", "openvino"),
 }
