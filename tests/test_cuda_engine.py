@@ -35,7 +35,7 @@ from siglite.errors import SigliteError
 from siglite.preprocess.image import ImageConfig, letterbox, preprocess_batch, resize
 from siglite.quant.fp8 import FP8Linear, cosine_stats, synthetic_pixels
 from siglite.registry import get_spec
-from siglite.testing import inject_outliers, random_model
+from siglite.testing import amplify_residual, inject_outliers, massive_channels, random_model
 
 FP16_COS = 0.9999  # issue 5: fp16 on outlier models, cosine vs float32
 SMALL = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -48,32 +48,6 @@ needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cud
 def small_model(vision: dict | None = None, name: str = "siglip-base-patch16-224", **kw):
     spec = dataclasses.replace(get_spec(name), vision={**get_spec(name).vision, **(vision or SMALL)})
     return random_model(spec, text=False, **kw)
-
-
-@torch.no_grad()
-def amplify_residual(model, factor: float):
-    """Multiply the vision residual stream by `factor` without changing the function: everything that writes into it
-    (patch embedding, position embedding, attention out-projections, fc2) is scaled, and every LayerNorm reading it
-    divides the factor out again (up to eps, which becomes negligible). fp32 output is unchanged; fp16 overflows."""
-    v = model.vision
-    writers = [v.patch_embed] + [m for b in v.blocks for m in (b.attn.proj, b.mlp.fc2)]
-    for m in writers:
-        m.weight.mul_(factor)
-        m.bias.mul_(factor)
-    v.pos_embed.mul_(factor)
-    return model
-
-
-@torch.no_grad()
-def massive_channels(model, block: int = 1, channels=(3, 17), factor: float = 1e5):
-    """Give the residual stream a few 'massive activation' channels (as trained ViTs have) by scaling fc2's output rows
-    for those channels in one block: the residual there exceeds fp16's range. Changes the function; fp32 stays finite
-    and is the reference."""
-    fc2 = model.vision.blocks[block].mlp.fc2
-    idx = torch.tensor(channels)
-    fc2.weight[idx] *= factor
-    fc2.bias[idx] = factor
-    return model
 
 
 def residual_amax(model, pixels: np.ndarray) -> float:

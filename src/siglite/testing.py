@@ -90,3 +90,29 @@ def inject_outliers(model: Siglip, *, channels: int = 4, scale: float = 80.0, se
             norm.bias[idx] *= factor
             linear.weight[:, idx] /= factor
     return model
+
+
+@torch.no_grad()
+def amplify_residual(model, factor: float):
+    """Multiply the vision residual stream by `factor` without changing the function: everything that writes into it
+    (patch embedding, position embedding, attention out-projections, fc2) is scaled, and every LayerNorm reading it
+    divides the factor out again (up to eps, which becomes negligible). fp32 output is unchanged; fp16 overflows."""
+    v = model.vision
+    writers = [v.patch_embed] + [m for b in v.blocks for m in (b.attn.proj, b.mlp.fc2)]
+    for m in writers:
+        m.weight.mul_(factor)
+        m.bias.mul_(factor)
+    v.pos_embed.mul_(factor)
+    return model
+
+
+@torch.no_grad()
+def massive_channels(model, block: int = 1, channels=(3, 17), factor: float = 1e5):
+    """Give the residual stream a few 'massive activation' channels (as trained ViTs have) by scaling fc2's output rows
+    for those channels in one block: the residual there exceeds fp16's range. Changes the function; fp32 stays finite
+    and is the reference."""
+    fc2 = model.vision.blocks[block].mlp.fc2
+    idx = torch.tensor(channels)
+    fc2.weight[idx] *= factor
+    fc2.bias[idx] = factor
+    return model
