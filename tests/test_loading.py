@@ -133,3 +133,17 @@ def test_vision_only_checkpoint(tiny_spiece, tmp_path, sample_images):
     torch.testing.assert_close(torch.from_numpy(pooled), want.pooler_output, atol=1e-4, rtol=0)
     with pytest.raises(siglite.SigliteError, match="no tokenizer"):
         model.text_features(["a cat"])
+
+
+def test_exported_folder_picks_its_engine(tiny_spiece, tmp_path, sample_images):
+    """`siglite.load(DIR)` on an exported folder serves it with the engine its sidecar names, no engine= needed."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from siglite.export import export
+
+    out = tmp_path / "onnx"
+    export(tiny_spiece, out, "onnx")
+    model = siglite.load(out)
+    assert model.engine.name == "onnxruntime"
+    np_ref = siglite.load(tiny_spiece).image_features(sample_images[:2])
+    torch.testing.assert_close(torch.from_numpy(model.image_features(sample_images[:2])), torch.from_numpy(np_ref),
+                               atol=1e-4, rtol=0)

@@ -13,7 +13,7 @@ __all__ = ["load", "list_models", "Model", "ImageBatch", "Spec", "SigliteError",
 __version__ = "0.1.0"
 
 
-def load(name_or_path: str | os.PathLike, engine: str = "torch", device: str | None = None, dtype: str | None = None,
+def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str | None = None, dtype: str | None = None,
          *, revision: str | None = None, allow_pickle: bool = False, **engine_options) -> Model:
     """Load a SigLIP checkpoint: a hub-layout folder, a hub id (cached; honours HF_HUB_OFFLINE) or a name from
     `siglite list`.
@@ -21,7 +21,8 @@ def load(name_or_path: str | os.PathLike, engine: str = "torch", device: str | N
     Args:
         name_or_path: folder with config.json, model.safetensors, tokenizer files and preprocessor_config.json,
             or a hub id such as "google/siglip-base-patch16-224".
-        engine: "torch" (default), "cuda" (fast GPU engine: compile, CUDA graphs, fp16-safe, FP8), or an engine of
+        engine: default: the engine an exported/quantized folder names in its `siglite.json` sidecar, else "torch";
+            or "torch", "cuda" (fast GPU engine: compile, CUDA graphs, fp16-safe, FP8), or an engine of
             an optional extra ("onnxruntime", "openvino").
         device: "cpu", "cuda", "cuda:1"...; default CUDA when available.
         dtype: "float32" (default), "bfloat16" or "float16" for the torch engine.
@@ -34,7 +35,11 @@ def load(name_or_path: str | os.PathLike, engine: str = "torch", device: str | N
     from .preprocess.image import ImageConfig
     from .preprocess.text import load_tokenizer
 
+    from .export import is_exported, read_sidecar
+
     folder = resolve(name_or_path, revision=revision)
+    if engine is None:
+        engine = read_sidecar(folder).engine if is_exported(folder) else "torch"
     ckpt = read_checkpoint(folder)
     image_config = ImageConfig.from_hf(read_json(folder / PREPROCESSOR)) if ckpt.vision is not None else None
     tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None

@@ -9,7 +9,8 @@ import sys
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="checkpoint folder, hub id, or a name from `siglite list`")
-    p.add_argument("--engine", default="torch", help="torch (default), cuda, onnxruntime, openvino")
+    p.add_argument("--engine", default=None,
+                   help="torch, cuda, onnxruntime, openvino (default: the exported folder's own, else torch)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", default=None, help="torch: float32 (default), bfloat16, float16; cuda: bfloat16 (default), float16, fp8, fp8-static, fp8-fast")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")

@@ -10,7 +10,8 @@ import traceback
 
 from ..errors import SigliteError
 
-COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search"]
+COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search", "export", "quantize",
+            "synth", "train"]
 
 EPILOG = """examples:
   siglite list

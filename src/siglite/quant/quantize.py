@@ -1,0 +1,159 @@
+"""`siglite quantize`: checkpoint + calibration images -> an INT8 exported folder that `siglite.load` serves, with a
+report of what was quantized and the fidelity reached (measured again in the runtime that serves it)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SigliteError
+from . import report as report_mod
+from .calib import Calibration, prepare
+from .int8 import BATCH, RECIPES, Plan, Recipe, Target, cosine_summary, plan
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("onnxruntime", "openvino")  # runtimes that execute the INT8 ONNX graphs
+
+
+def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxruntime",
+             recipe: str | Recipe = "siglite", target: Target | None = None, num_calib: int = 256,
+             num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
+             sensitivity_samples: int = 4, revision: str | None = None, allow_pickle: bool = False,
+             progress=None) -> dict:
+    """Post-training INT8 quantization of a checkpoint's towers (see `siglite.quant.int8` for the recipe).
+
+    Args:
+        model: checkpoint folder, hub id or name.
+        calib: calibration images: folder, glob, list file, tar shards, parquet, or a list of images.
+        out: output folder; ``siglite.load(out)`` (or with ``engine=``) serves it.
+        engine: runtime that serves the INT8 graphs, recorded in the sidecar ("onnxruntime" or "openvino").
+        recipe: a key of `RECIPES` ("siglite", "dynamic", "naive") or a `Recipe`.
+        target: fidelity the sensitivity pass keeps layers in float32 for.
+        num_calib: calibration images that fit the recipe (a few hundred is plenty).
+        num_check: further images (and texts) held out to measure fidelity.
+        calib_texts: text file, one calibration text per line (default: built-in prompts).
+        num_texts: calibration texts that fit the recipe.
+        preprocess: "resize" or "letterbox", as the model will be used.
+        sensitivity_samples: held-out samples per per-layer measurement (0: only when the target is missed).
+        revision: hub revision.
+        allow_pickle: accept a pickle checkpoint.
+        progress: callable(str) for progress lines (default: logging).
+
+    Returns:
+        The report (also written as ``quant_report.json`` and ``.md`` in `out`).
+    """
+    from ..export import build_sidecar, export_onnx_graphs, prepare_folder
+    from ..loading import PREPROCESSOR, load_model, read_json, resolve
+    from ..preprocess.image import ImageConfig
+    from ..preprocess.text import load_tokenizer
+
+    if engine not in ENGINES:
+        raise SigliteError(f"unknown INT8 engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    recipe_name = recipe if isinstance(recipe, str) else "custom"
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise SigliteError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        recipe = RECIPES[recipe]
+    say = progress or log.info
+    t0 = time.perf_counter()
+    source = resolve(model, revision=revision)
+    _, net = load_model(source, allow_pickle=allow_pickle)
+    image_config = ImageConfig.from_hf(read_json(source / PREPROCESSOR)) if net.vision is not None else None
+    tokenizer = load_tokenizer(source, net.text.cfg.max_position_embeddings) if net.text is not None else None
+    cal = prepare(calib, image_config, num_images=num_calib, num_check=num_check, texts=calib_texts,
+                  num_texts=num_texts, preprocess=preprocess)
+    t_read = time.perf_counter() - t0
+
+    p = plan(net, cal, tokenizer, recipe, target, sensitivity_samples=sensitivity_samples, progress=say)
+
+    t1 = time.perf_counter()
+    out = prepare_folder(out, source)
+    graphs = export_onnx_graphs(p.model, out)
+    write_int8_graphs(p, out, graphs["files"])
+    t_export = time.perf_counter() - t1
+    kept = [lp.name for lp in p.layers if not lp.quantized]
+    summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
+               "report": report_mod.REPORT_JSON}
+    sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
+                            quantization=summary)
+    sidecar.engine = engine
+    sidecar.save(out)
+
+    t2 = time.perf_counter()
+    runtime = measure_runtime(out, engine, net, cal, tokenizer)
+    say("runtime fidelity: " + ", ".join(f"{k} {v['mean']:.5f}" if isinstance(v, dict) else f"{k} {v:.4f}"
+                                         for k, v in runtime.items()))
+    summary["fidelity"] = {k: (v["mean"] if isinstance(v, dict) else v) for k, v in runtime.items()}
+    sidecar.quantization = summary
+    sidecar.save(out)
+
+    info = p.to_dict()
+    rep = {"model": str(model), "output": str(out), "engine": engine, "precision": "int8",
+           "recipe_name": recipe_name, "recipe": info["recipe"], "target": info["target"],
+           "calibration": {**cal.describe(), "preprocess": preprocess, "failures": cal.failures[:20]},
+           "layers": info["layers"], "float32_layers": kept,
+           "fidelity": {"simulated": info["fidelity_simulated"], "runtime": runtime},
+           "timings_s": {"read_calibration": t_read, **info["timings_s"], "export": t_export,
+                         "runtime_check": time.perf_counter() - t2, "total": time.perf_counter() - t0}}
+    report_mod.write(out, rep)
+    return rep
+
+
+def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
+    """Rewrite the exported float32 graphs of the migrated model: the plan's INT8 layers become integer matmuls."""
+    import onnx
+
+    from .onnx_int8 import quantize_graph
+
+    for tower, name in files.items():
+        path = out / name
+        layers = [lp for lp in p.layers if lp.quantized and lp.name.startswith(tower + ".")]
+        graph = onnx.load(str(path))
+        quantize_graph(graph, {lp.name: p.model.get_submodule(lp.name).weight for lp in layers}, p.recipe,
+                       {lp.name: lp.act_range for lp in layers})
+        data = path.with_name(path.name + ".data")
+        big = sum(len(t.raw_data) for t in graph.graph.initializer) > 1_500_000_000
+        onnx.save(graph, str(path), save_as_external_data=big, all_tensors_to_one_file=True, location=data.name)
+        if not big:
+            data.unlink(missing_ok=True)
+
+
+def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, tokenizer) -> dict:
+    """Fidelity of the written folder, served by `engine`, against the float32 torch model on the held-out inputs:
+    cosine summaries per output and zero-shot top-1 agreement (held-out images ranked against held-out texts)."""
+    import torch
+
+    import siglite
+
+    served = siglite.load(folder, engine=engine).engine
+    out: dict = {}
+    ref_pooled = got_pooled = None
+    with torch.inference_mode():
+        if cal.check_pixels is not None and reference.vision is not None:
+            got = [served.encode_image(cal.check_pixels[i:i + BATCH], tokens=True)
+                   for i in range(0, len(cal.check_pixels), BATCH)]
+            ref = [reference.vision(torch.from_numpy(cal.check_pixels[i:i + BATCH]))
+                   for i in range(0, len(cal.check_pixels), BATCH)]
+            out["vision_hidden"] = cosine_summary(torch.cat([r[0] for r in ref]), np.concatenate([g[1] for g in got]))
+            if reference.vision.head is not None:
+                ref_pooled = torch.cat([r[1] for r in ref]).numpy()
+                got_pooled = np.concatenate([g[0] for g in got])
+                out["vision_pooled"] = cosine_summary(ref_pooled, got_pooled)
+        if cal.check_texts and reference.text is not None:
+            ids, mask = tokenizer(cal.check_texts)
+            got_t = served.encode_text(ids, mask)
+            ref_t = reference.text(torch.from_numpy(ids), torch.from_numpy(mask) if mask is not None else None)[1]
+            ref_t = ref_t.numpy()
+            out["text_pooled"] = cosine_summary(ref_t, got_t)
+            if ref_pooled is not None:
+                from ..model import sigmoid_logits
+
+                scale, bias = float(reference.logit_scale), float(reference.logit_bias)
+                a = sigmoid_logits(torch.from_numpy(ref_pooled), torch.from_numpy(ref_t), scale, bias).argmax(1)
+                b = sigmoid_logits(torch.from_numpy(got_pooled), torch.from_numpy(got_t), scale, bias).argmax(1)
+                out["zero_shot_top1_agreement"] = float((a == b).float().mean())
+    return out

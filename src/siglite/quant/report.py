@@ -1,0 +1,96 @@
+"""The quantization report written next to a quantized model: ``quant_report.json`` (everything) and
+``quant_report.md`` (for people): recipe, per-layer decisions and measurements, fidelity reached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPORT_JSON = "quant_report.json"
+REPORT_MD = "quant_report.md"
+OUTPUT_NAMES = {"vision_hidden": "vision last_hidden_state", "vision_pooled": "vision pooler_output",
+                "text_pooled": "text pooler_output"}
+
+
+def write(folder: Path, report: dict) -> tuple[Path, Path]:
+    folder = Path(folder)
+    js = folder / REPORT_JSON
+    js.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+    md = folder / REPORT_MD
+    md.write_text(markdown(report))
+    return js, md
+
+
+def _jsonable(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+def markdown(report: dict) -> str:
+    r = report
+    layers = r["layers"]
+    kept = [lp for lp in layers if not lp["quantized"]]
+    recipe, target = r["recipe"], r["target"]
+    lines = [
+        f"# INT8 quantization report: {r['model']}",
+        "",
+        f"Served by `{r['engine']}` from `{r['output']}`. {len(layers) - len(kept)} of {len(layers)} linear layers "
+        f"run in INT8; {len(kept)} stay in float32. Everything that is not a linear layer (patch embedding, "
+        "LayerNorms, attention softmax and its activation matmuls, GELU, residual adds) stays in float32.",
+        "",
+        "## Recipe",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| name | {r['recipe_name']} |",
+        f"| weights | symmetric INT8 (max {recipe['weight_max']}), one scale per "
+        f"{'output channel' if recipe['weights'] == 'channel' else 'matrix'} |",
+        f"| activations | asymmetric UINT8, one {recipe['activations']} scale per tensor |",
+        f"| SmoothQuant alphas tried per layer | {', '.join(map(str, recipe['alphas'])) or 'none (no migration)'} |",
+        f"| sensitivity pass | {'yes' if recipe['sensitivity'] else 'no'} |",
+        f"| fidelity target (held-out calibration) | cosine mean >= {target['mean']}, 1%-low >= {target['low']} |",
+        f"| calibration | {_calib(r['calibration'])} |",
+        "",
+        "## Fidelity against float32",
+        "",
+        "Per-sample cosine of each output, flattened (the seed's measure), on held-out calibration inputs.",
+        "",
+        "| output | simulated, all layers INT8 | simulated, final | runtime: mean ( min ~ max ), 1%-low |",
+        "|---|---|---|---|",
+    ]
+    sim = r["fidelity"]["simulated"]
+    for key, rt in r["fidelity"]["runtime"].items():
+        if key not in OUTPUT_NAMES:
+            continue
+        lines.append(f"| {OUTPUT_NAMES[key]} | {_mean(sim['all_quantized'].get(key))} | {_mean(sim['final'].get(key))} "
+                     f"| {rt['mean']:.5f} ( {rt['min']:.5f} ~ {rt['max']:.5f} ), {rt['p1']:.5f} |")
+    if "zero_shot_top1_agreement" in r["fidelity"]["runtime"]:
+        lines += ["", f"Zero-shot top-1 agreement (held-out images against held-out texts): "
+                      f"{r['fidelity']['runtime']['zero_shot_top1_agreement']:.4f}"]
+    lines += ["", "## Layers kept in float32", ""]
+    lines += [f"- `{lp['name']}`: {lp['reason']}" for lp in kept] or ["none: the fully quantized model met the target"]
+    lines += ["", "## Per layer", "",
+              "alpha: SmoothQuant strength chosen by the layer's measured INT8 error (relative squared error of its "
+              "product on calibration rows, without and with migration). Alone: output cosine (mean) with only this "
+              "layer in INT8.", "",
+              "| layer | precision | alpha | error, no migration | error, chosen | alone: worst output cosine |",
+              "|---|---|---|---|---|---|"]
+    for lp in layers:
+        errors = lp["errors"]
+        alone = min(v["mean"] for v in lp["sensitivity"].values()) if lp.get("sensitivity") else None
+        lines.append(f"| {lp['name']} | {'int8' if lp['quantized'] else 'float32'} | {lp['alpha']} "
+                     f"| {errors.get('0.0', float('nan')):.2e} | {errors[str(lp['alpha'])]:.2e} "
+                     f"| {'' if alone is None else f'{alone:.6f}'} |")
+    lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _mean(s: dict | None) -> str:
+    return "" if not s else f"{s['mean']:.5f} (1%-low {s['p1']:.5f})"
+
+
+def _calib(c: dict) -> str:
+    return (f"{c['fit_images']} images + {c['fit_texts']} texts fit, {c['check_images']} images + "
+            f"{c['check_texts']} texts held out, {c['skipped_images']} images skipped, preprocess {c['preprocess']}")

@@ -1,0 +1,78 @@
+"""Which linear layers of a SigLIP tower INT8 quantizes, and SmoothQuant outlier migration into their weights.
+
+SmoothQuant (Xiao et al. 2023, https://arxiv.org/abs/2211.10438, eq. 4): divide input channel j of a linear layer
+by ``s_j = amax|X_j|^a / amax|W[:, j]|^(1 - a)`` and multiply weight column j by ``s_j``; the float function is
+unchanged, and activation outliers (a few channels 50-100x larger, as LayerNorm gains make them in trained ViTs)
+move into the weights, where per-channel weight scales absorb them. The division is folded where the channels are
+produced, so inference pays nothing for it:
+
+* into a LayerNorm's gain and shift (``ln1`` -> ``attn.qkv``, ``ln2`` -> ``mlp.fc1``, the pooling head's
+  ``norm`` -> ``mlp.fc1``, the text tower's final ``norm`` -> ``head``);
+* into the V rows of the projection that makes the attention values (``attn.qkv`` -> ``attn.proj``, the head's
+  ``kv`` -> ``proj``): attention mixes tokens, not channels, so it is linear in V channel by channel.
+
+``mlp.fc2`` (its input is GELU's output) and the head's ``kv`` (its input is ``last_hidden_state``, an output of
+the graph) have nothing to fold into and are quantized without migration. The head's ``q`` acts on the learned
+probe alone (a constant) and is never quantized.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# (layer, fold target, kind) relative to a block; kind "norm": divide a LayerNorm's gain and shift,
+# "v_rows": divide the last D output rows (the V part) of a q/k/v projection.
+BLOCK_LAYERS = (
+    ("attn.qkv", "ln1", "norm"),
+    ("attn.proj", "attn.qkv", "v_rows"),
+    ("mlp.fc1", "ln2", "norm"),
+    ("mlp.fc2", None, None),
+)
+# The same, relative to a tower, for the layers after the blocks.
+HEAD_LAYERS = {
+    "vision": (("head.kv", None, None), ("head.proj", "head.kv", "v_rows"), ("head.mlp.fc1", "head.norm", "norm"),
+               ("head.mlp.fc2", None, None)),
+    "text": (("head", "norm", "norm"),),
+}
+MIN_SCALE, MAX_SCALE = 1e-4, 1e4
+
+
+def tower_layers(model, tower: str) -> list[tuple[str, str | None, str | None]]:
+    """Quantizable linear layers of one tower as (name, fold target, kind), names relative to the model
+    (``vision.blocks.0.attn.qkv``), in execution order."""
+    module = getattr(model, tower)
+    if module is None:
+        return []
+    out = []
+    for i in range(len(module.blocks)):
+        prefix = f"{tower}.blocks.{i}."
+        out += [(prefix + n, prefix + t if t else None, k) for n, t, k in BLOCK_LAYERS]
+    if getattr(module, "head", None) is not None:
+        out += [(f"{tower}.{n}", f"{tower}.{t}" if t else None, k) for n, t, k in HEAD_LAYERS[tower]]
+    return out
+
+
+def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(K,) factors s_j = amax|X_j|^a / amax|W[:, j]|^(1-a) for a (N, K) weight, clamped away from 0 and inf."""
+    w_amax = weight.detach().abs().float().amax(dim=0).clamp_min(1e-5)
+    s = act_amax.float().clamp_min(1e-5).pow(alpha) / w_amax.pow(1 - alpha)
+    return s.clamp(MIN_SCALE, MAX_SCALE)
+
+
+@torch.no_grad()
+def migrate(model: nn.Module, layer: str, target: str, kind: str, s: torch.Tensor) -> None:
+    """Divide the input channels of `layer` by `s` where `target` produces them, and multiply the layer's weight
+    columns by `s`: the model computes the same function with the input outliers moved into the weight."""
+    linear, fold = model.get_submodule(layer), model.get_submodule(target)
+    s = s.to(linear.weight.device, linear.weight.dtype)
+    if kind == "norm":
+        fold.weight.div_(s)
+        fold.bias.div_(s)
+    elif kind == "v_rows":
+        D = s.numel()
+        fold.weight[-D:].div_(s[:, None])
+        fold.bias[-D:].div_(s)
+    else:
+        raise ValueError(f"{layer}: unknown fold kind {kind!r}")
+    linear.weight.mul_(s)

@@ -1,0 +1,281 @@
+"""INT8 post-training quantization: on a small model with injected activation outlier channels, plain per-tensor
+quantization misses the fidelity bar and siglite's recipe meets it; the simulated integer arithmetic equals the
+runtime's; the CLI flow writes a report and a folder that serves through the same API and CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import siglite
+from siglite.cli.main import main
+from siglite.quant.calib import Calibration
+from siglite.quant.int8 import RECIPES, SimLinear, Target, plan
+from siglite.tasks.evaluate import fidelity, text_fidelity
+from siglite.tasks.synthetic import CLASSNAMES, generate
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxscript", reason="the onnx extra (onnxscript, for export) is not installed")
+
+BAR = {"mean": 0.995, "low": 0.99}  # issue 4: cosine mean and 1%-low against float32
+SIZE = 32
+TRAINED = Path(__file__).parent / "fixtures" / "trained-tiny"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny graphs are overhead-bound: on a shared 2-core machine a second worker thread mostly waits for the
+    scheduler, so the tests run single-threaded (torch and the engines, via SIGLITE_THREADS)."""
+    threads = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGLITE_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def outlier_ckpt(tmp_path_factory) -> Path:
+    """A small SigLIP (width 64, 3 vision / 2 text blocks) whose LayerNorms feed 4 channels 48-80x larger than the
+    rest into every linear layer, as in trained ViTs; the float function is that of the random model."""
+    from tokenizer_fixtures import make_spiece_tokenizer
+
+    from siglite.registry import get_spec
+    from siglite.testing import inject_outliers, random_model, save_checkpoint
+
+    base = get_spec("siglip-base-patch16-224")
+    small = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4)
+    spec = dataclasses.replace(
+        base, vision={**base.vision, **small, "num_hidden_layers": 3, "image_size": SIZE, "patch_size": 8},
+        text={**base.text, **small, "num_hidden_layers": 2, "max_position_embeddings": 16, "vocab_size": 600},
+        image={**base.image, "height": SIZE, "width": SIZE})
+    model = inject_outliers(random_model(spec, seed=3), channels=4, scale=80.0, seed=3)
+    folder = tmp_path_factory.mktemp("outliers")
+    save_checkpoint(model, folder, spec)
+    make_spiece_tokenizer(folder, max_length=16)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("calib")
+    for i, s in enumerate(generate(32, seed=11, image_size=SIZE)):
+        s.image.save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def eval_set():
+    """Held out: neither fits nor checks the recipe."""
+    samples = generate(50, seed=12, image_size=SIZE)
+    return [s.image for s in samples], [s.label for s in samples]
+
+
+@pytest.fixture(scope="module")
+def quantized(outlier_ckpt, calib_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "model"
+    assert main(["quantize", "--model", str(outlier_ckpt), "--calib", str(calib_dir), "--out", str(out),
+                 "--num-calib", "24", "--num-check", "8", "--format", "json"]) == 0
+    return out
+
+
+def _misses_bar(fid: dict) -> bool:
+    return fid["mean"] < BAR["mean"] or fid["p1"] < BAR["low"]
+
+
+def test_recipe_meets_the_bar_where_naive_quantization_fails(outlier_ckpt, quantized, calib_dir, eval_set):
+    reference = siglite.load(outlier_ckpt, device="cpu")
+    int8 = siglite.load(quantized, engine="onnxruntime")
+    images, labels = eval_set
+    fid = fidelity(reference, int8, images, labels, CLASSNAMES, batch_size=8)
+    text = text_fidelity(reference, int8, [f"a photo of a {c}" for c in CLASSNAMES])
+
+    # Naive: per-tensor static activations, per-tensor weights, no migration, nothing kept in float32. Measured
+    # in exact integer arithmetic (the simulation), which is the best case for it.
+    px = _pixels(reference, images)
+    fit = _pixels(reference, [Path(p) for p in sorted(calib_dir.iterdir())][:24])
+    cal = Calibration(fit, px, [f"{c}" for c in CLASSNAMES[:16]], [f"a photo of a {c}" for c in CLASSNAMES], [])
+    net = reference.engine.model
+    naive = plan(net, cal, reference.tokenizer, "naive").fidelity["final"]
+    plain = plan(net, cal, reference.tokenizer, "dynamic").fidelity["final"]
+
+    print(f"\nlast_hidden_state cosine mean / 1%-low: naive {naive['vision_hidden']['mean']:.5f} / "
+          f"{naive['vision_hidden']['p1']:.5f}, plain dynamic {plain['vision_hidden']['mean']:.5f} / "
+          f"{plain['vision_hidden']['p1']:.5f}, siglite (runtime) {fid['hidden_cosine_mean']:.5f} / "
+          f"{fid['hidden_cosine_p1']:.5f}; pooled: naive {naive['vision_pooled']['mean']:.5f}, siglite "
+          f"{fid['pooled_cosine_mean']:.5f}; text: naive {naive['text_pooled']['mean']:.5f}, siglite "
+          f"{text['text_cosine_mean']:.5f}; top-1 agreement {fid['top1_agreement']:.3f}")
+    assert _misses_bar(naive["vision_hidden"]) or _misses_bar(naive["vision_pooled"])
+    assert fid["hidden_cosine_mean"] >= BAR["mean"] and fid["hidden_cosine_p1"] >= BAR["low"]
+    assert fid["pooled_cosine_mean"] >= BAR["mean"]
+    assert text["text_cosine_mean"] >= BAR["mean"] and text["text_cosine_p1"] >= BAR["low"]
+
+
+def _pixels(model, images) -> np.ndarray:
+    from siglite.preprocess.image import preprocess_batch
+
+    return preprocess_batch(images, model.image_config, "resize")[0]
+
+
+def test_report_and_sidecar(quantized):
+    report = json.loads((quantized / "quant_report.json").read_text())
+    layers = report["layers"]
+    assert len(layers) == 3 * 4 + 4 + 2 * 4 + 1  # vision blocks + pooling head, text blocks + head
+    assert {lp["name"] for lp in layers if not lp["quantized"]} == set(report["float32_layers"])
+    migrated = [lp for lp in layers if lp["alpha"] > 0]
+    assert migrated and all(lp["fold"] for lp in migrated)  # outliers moved where a fold exists
+    # the chosen alpha is the one with the smallest measured error
+    for lp in layers:
+        assert lp["errors"][str(lp["alpha"])] == min(lp["errors"].values())
+    assert all(lp["sensitivity"] for lp in layers)
+    runtime = report["fidelity"]["runtime"]
+    assert set(runtime) >= {"vision_hidden", "vision_pooled", "text_pooled", "zero_shot_top1_agreement"}
+    md = (quantized / "quant_report.md").read_text()
+    assert "## Fidelity against float32" in md and "vision last_hidden_state" in md
+    sidecar = json.loads((quantized / "siglite.json").read_text())
+    assert sidecar["precision"] == "int8" and sidecar["engine"] == "onnxruntime"
+    assert sidecar["quantization"]["recipe"] == "siglite"
+
+
+def test_quantized_model_serves_through_api_and_cli(quantized, outlier_ckpt, sample_images, capsys):
+    model = siglite.load(quantized, engine="onnxruntime")
+    assert model.engine.precision == "int8"
+    probs = model.classify(sample_images, ["cat", "dog"])
+    assert probs.shape == (len(sample_images), 2) and np.all((probs > 0) & (probs < 1))
+    tokens = model.image_features(sample_images[:2], tokens=True)
+    assert tokens.shape == (2, (SIZE // 8) ** 2, 64)
+    assert main(["info", "--model", str(quantized), "--engine", "onnxruntime", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "int8"
+    assert main(["classify", str(sample_images[0]), "--model", str(quantized), "--engine", "onnxruntime",
+                 "--labels", "cat", "dog", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_simulation_equals_the_runtime_integer_arithmetic():
+    """One linear layer: `SimLinear` (what the recipe measures) against the ONNX graph ONNX Runtime runs, for dynamic
+    and static activations. With 7-bit weights (siglite's default) they agree to float rounding on every x86 CPU;
+    full 8-bit weights overflow AVX2's int16 pair sums on CPUs without VNNI, which the printed line shows there."""
+    from siglite.quant.int8 import Recipe
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from siglite.quant.onnx_int8 import quantize_graph
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 40)
+    x = torch.randn(2, 7, 96) * 3
+    x[..., 5] *= 60  # an outlier channel
+    deviation = {}
+    recipes = {"siglite": RECIPES["siglite"], "static": Recipe(activations="static"), "naive (8-bit)": RECIPES["naive"]}
+    for name, recipe in recipes.items():
+        w = lin.weight.detach().t().numpy()
+        graph = helper.make_model(helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 7, 96])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 7, 40])],
+            [numpy_helper.from_array(np.ascontiguousarray(w), "w"),
+             numpy_helper.from_array(lin.bias.detach().numpy(), "b")]),
+            opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+        act_range = (float(x.min()), float(x.max()))
+        quantize_graph(graph, {"layer": lin.weight}, recipe, {"layer": act_range})
+        sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"x": x.numpy()})[0]
+        want = SimLinear(lin, recipe, act_range)(x).detach().numpy()
+        deviation[name] = float(np.abs(got - want).max() / np.abs(want).max())
+    print("\nruntime vs simulation, max |diff| / max |y|: " + ", ".join(f"{k} {v:.1e}" for k, v in deviation.items()))
+    assert deviation["siglite"] <= 1e-5 and deviation["static"] <= 1e-5
+
+
+def test_smoothing_keeps_the_float_function_and_fallback_reaches_a_strict_target(outlier_ckpt, calib_dir):
+    model = siglite.load(outlier_ckpt, device="cpu")
+    px = _pixels(model, [Path(p) for p in sorted(calib_dir.iterdir())])
+    cal = Calibration(px[:16], px[16:24], ["a cat", "two dogs", "a red car", "x"] * 3, ["a photo of a dog"] * 4, [])
+    strict = Target(mean=0.99999, low=0.99995)
+    p = plan(model.engine.model, cal, model.tokenizer, "siglite", strict)
+    with torch.inference_mode():
+        h0, p0 = model.engine.model.vision(torch.from_numpy(px[16:24]))
+        h1, p1 = p.model.vision(torch.from_numpy(px[16:24]))
+    assert torch.allclose(h0, h1, atol=1e-4) and torch.allclose(p0, p1, atol=1e-4)  # migration is exact in float
+    kept = [lp for lp in p.layers if not lp.quantized]
+    assert kept, "a strict target must send some layers back to float32"
+    before, after = p.fidelity["all_quantized"], p.fidelity["final"]
+    assert strict.damage(after) < strict.damage(before)
+    # the layers kept are the most damaging ones measured alone
+    worst = sorted(p.layers, key=lambda lp: -strict.damage(lp.sensitivity))[:len(kept)]
+    assert {lp.name for lp in worst} == {lp.name for lp in kept}
+
+
+@pytest.mark.skipif(not (TRAINED / "config.json").is_file(), reason=f"trained fixture {TRAINED} not present yet")
+def test_trained_fixture_keeps_top1(tmp_path):
+    """On the trained fixture: the quantized model's zero-shot top-1 stays within 0.2 points of float32."""
+    from siglite.quant.quantize import quantize
+    from siglite.tasks.evaluate import zero_shot
+    from siglite.tasks.datasets import LabelledImages
+
+    size = siglite.load(TRAINED).image_config.height
+    calib = [s.image for s in generate(48, seed=21, image_size=size)]
+    quantize(TRAINED, calib, tmp_path / "int8", num_calib=40, num_check=8, progress=lambda s: None)
+    test = generate(200, seed=22, image_size=size)
+    data = LabelledImages([s.image for s in test], [s.label for s in test], CLASSNAMES, "synthetic")
+    ref = zero_shot(siglite.load(TRAINED, device="cpu"), data)
+    got = zero_shot(siglite.load(tmp_path / "int8", engine="onnxruntime"), data)
+    print(f"\ntrained-tiny zero-shot top-1: float32 {ref['acc1']:.4f}, int8 {got['acc1']:.4f}")
+    assert abs(ref["acc1"] - got["acc1"]) <= 0.002 + 1e-9
+
+
+def test_calibration_skips_bad_images_and_holds_some_out(calib_dir, tmp_path):
+    import shutil
+
+    from siglite.preprocess.image import ImageConfig
+    from siglite.quant.calib import prepare
+
+    folder = tmp_path / "calib"
+    shutil.copytree(calib_dir, folder)
+    (folder / "zz_broken.png").write_bytes(b"not a png")
+    cfg = ImageConfig(height=SIZE, width=SIZE)
+    cal = prepare(str(folder), cfg, num_images=100, num_check=5, num_texts=10)
+    assert len(cal.failures) == 1 and "zz_broken.png" in cal.failures[0]
+    assert len(cal.fit_pixels) == 32 - 5 and len(cal.check_pixels) == 5
+    assert len(cal.check_texts) == 5 and len(cal.fit_texts) == 10
+    assert not set(cal.fit_texts) & set(cal.check_texts)
+
+
+def test_quantize_cli_errors_are_one_line(outlier_ckpt, tmp_path, capsys):
+    code = main(["quantize", "--model", str(outlier_ckpt), "--calib", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "nope" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outliers", [False, True], ids=["random", "outliers"])
+def test_base_224_meets_the_bar(outliers, tmp_path):
+    """Full size (minutes): base-224 random weights, with and without 6 outlier channels at 60-100x per LayerNorm.
+    Speed is measured by benchmarks/int8_fidelity_speed.py."""
+    from tokenizer_fixtures import make_spiece_tokenizer
+
+    from siglite.quant.quantize import quantize
+    from siglite.registry import get_spec
+    from siglite.testing import inject_outliers, random_model, save_checkpoint
+
+    spec = get_spec("siglip-base-patch16-224")
+    model = random_model(spec)
+    if outliers:
+        inject_outliers(model, channels=6, scale=100.0)
+    save_checkpoint(model, tmp_path / "fp32", spec)
+    make_spiece_tokenizer(tmp_path / "fp32", max_length=64)
+    calib = [s.image for s in generate(48, seed=31, image_size=224)]
+    quantize(tmp_path / "fp32", calib, tmp_path / "int8", num_calib=40, num_check=8, progress=print)
+    samples = generate(32, seed=32, image_size=224)
+    fid = fidelity(siglite.load(tmp_path / "fp32", device="cpu"), siglite.load(tmp_path / "int8", engine="onnxruntime"),
+                   [s.image for s in samples], batch_size=8)
+    print({k: v for k, v in fid.items() if "cosine" in k and k.endswith(("mean", "p1"))})
+    assert fid["hidden_cosine_mean"] >= BAR["mean"] and fid["hidden_cosine_p1"] >= BAR["low"]
+    assert fid["pooled_cosine_mean"] >= BAR["mean"]
