@@ -36,10 +36,11 @@ POSITIONS = {(0, 0): "at the top left", (0, 1): "at the top", (0, 2): "at the to
              (2, 0): "at the bottom left", (2, 1): "at the bottom", (2, 2): "at the bottom right"}
 
 # The first template is the image's main caption; the others are alternative phrasings written to the JSONL and
-# sampled during training. Most name just the class, in prompt-like forms (web alt-text has many of those); one names
-# only the shape. With mostly attribute-rich captions a contrastive model settles on the easy attributes (colour,
-# background tone, texture, size) and its text tower learns to ignore the shape word: measured, shape stayed at
-# chance after 2000 steps, while these templates let it learn shape within the fixture's training budget.
+# sampled during training. Every one names both the colour and the shape, so "caption true of an image" and "same
+# class" coincide and `train(positives="label")` never counts a true caption as a negative. Most name just the class,
+# in prompt-like forms (web alt-text has many of those): with mostly attribute-rich captions a small contrastive
+# model settles on the easy attributes (colour, background tone, texture, size) and its text tower learns to ignore
+# the shape word (measured: shape stayed at chance after 2000 steps).
 CAPTION_TEMPLATES = (
     "a {size} {colour} {shape} on a {tone} {texture} background",
     "{colour} {shape}",
@@ -47,7 +48,6 @@ CAPTION_TEMPLATES = (
     "a photo of a {colour} {shape}",
     "this is a photo of {colour} {shape}",
     "a picture of a {colour} {shape}",
-    "a {shape}",
     "a {colour} {shape} {position}",
 )
 

@@ -4,7 +4,8 @@ The loss is the pairwise sigmoid loss of "Sigmoid Loss for Language Image Pre-Tr
 transformers' `SiglipModel.forward(return_loss=True)` computes it (ported from big_vision
 `big_vision/trainers/proj/image_text/siglip.py#L287`, commit 01edb81): logits = cos(img, txt) * exp(t) + b, labels
 +1 on the diagonal and -1 elsewhere, loss = -sum_j logsigmoid(label_ij * logit_ij), averaged over the batch rows.
-t and b are learned (initialised to log 10 and -10, the paper's values).
+t and b are learned (initialised to log 10 and -10, the paper's values). Which pairs of a batch count as matches is a
+choice (`match_labels`): the paper's diagonal, or also identical captions, or also pairs of one class.
 
 The loop is small and CPU-friendly: AdamW, linear warm-up then cosine decay, gradient clipping, one process. It trains
 siglite's own `model.Siglip`, either from scratch at a tiny `Arch` (with a SentencePiece tokenizer trained on the
@@ -24,7 +25,7 @@ import string
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -190,10 +191,10 @@ def as_pairs(data: str | Path | Sequence) -> list[Pair]:
 class Arch:
     """Shape of a SigLIP trained from scratch; both towers share width, depth and heads (as SigLIP B/L/So do)."""
 
-    image_size: int = 48
+    image_size: int = 32
     patch_size: int = 8
-    width: int = 96
-    depth: int = 3
+    width: int = 64
+    depth: int = 2
     heads: int = 4
     mlp_ratio: int = 4
     text_length: int = 16
@@ -333,7 +334,8 @@ def match_labels(captions: torch.Tensor, classes: torch.Tensor | None, positives
 
 def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | None = None, arch: Arch | None = None,
           steps: int = 1000, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.05,
-          warmup: int | None = None, seed: int = 0, positives: str = "label", log_every: int = 50) -> TrainResult:
+          warmup: int | None = None, seed: int = 0, positives: str = "label", log_every: int = 50,
+          callback: Callable[[dict, torch.nn.Module], None] | None = None) -> TrainResult:
     """Train a SigLIP with the sigmoid loss and save it in the hub layout.
 
     Args:
@@ -353,6 +355,8 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
             paraphrased captions of one class pull and push an image the same way and shape was never learned
             (measured); with all-distinct captions and no labels every choice is the paper's 2 * eye - 1.
         log_every: record (and log) loss, learning rate, t and b every this many steps.
+        callback: called as callback(record, model) at every logged step, e.g. to evaluate on held-out data (the
+            model is in training mode; switch to eval and back, and use no_grad).
 
     Returns:
         A `TrainResult`; the same summary is written to `out/training.json`.
@@ -362,7 +366,8 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
 
     if steps < 1 or batch_size < 2:
         raise SigliteError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
-    match_labels(torch.zeros(1), None, positives)  # reject a bad choice before any work
+    if positives not in POSITIVES:
+        raise SigliteError(f"unknown positives {positives!r}; choose one of {', '.join(POSITIVES)}")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -423,6 +428,8 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
             history.append(record)
             log.info("step %(step)d  loss %(loss).4f  lr %(lr).2e  t %(logit_scale).3f  b %(logit_bias).3f  "
                      "%(seconds).1fs", record)
+            if callback is not None:
+                callback(record, model)
 
     model.eval()
     save_checkpoint(model, out, image_config=preprocessor)
