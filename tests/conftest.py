@@ -62,6 +62,19 @@ def make_checkpoint(folder: Path, *, tokenizer: str = "spiece", text_len: int = 
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny graphs are overhead-bound: on a shared 2-core machine a second worker thread mostly waits for the
+    scheduler, so these tests run single-threaded (torch and the engines, via SIGLITE_THREADS)."""
+    threads = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIGLITE_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_spiece(tmp_path_factory) -> Path:
     """SentencePiece tokenizer, text length 16, 34 px / patch 7."""

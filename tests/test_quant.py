@@ -27,17 +27,7 @@ SIZE = 32
 TRAINED = Path(__file__).parent / "fixtures" / "trained-tiny"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny graphs are overhead-bound: on a shared 2-core machine a second worker thread mostly waits for the
-    scheduler, so the tests run single-threaded (torch and the engines, via SIGLITE_THREADS)."""
-    threads = torch.get_num_threads()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SIGLITE_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
