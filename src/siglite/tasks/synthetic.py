@@ -2,13 +2,14 @@
 
 Each image shows one shape (circle, cross, square, star, triangle) in one colour (blue, green, purple, red, yellow)
 at a size, position and rotation, on a light or dark background with a texture (plain, striped, checkered, dotted,
-noisy). The class is colour x shape (25 classes, named like "red circle"); captions describe every attribute
-("a large red circle on a dark striped background", "a red circle at the top left", ...), so a model trained on the
-captions can be evaluated zero-shot on the class names. Used to train the small SigLIP test fixture
+noisy). The class is colour x shape (25 classes, named like "red circle"); the main caption describes every
+attribute ("a large red circle on a dark striped background"), the others are shorter phrasings ("a red circle at the
+top left", "a photo of a red circle", ...), so a model trained on the captions can be evaluated zero-shot on the
+class names. Used to train the small SigLIP test fixture
 (tests/fixtures/trained-tiny) and to give the evaluators a labelled set with a known answer.
 
-Everything is drawn with PIL at 4x the image size and box-filtered down (anti-aliased edges), from one
-`numpy.random.Generator(PCG64(seed))`, so the same seed gives the same bytes on every platform.
+Everything is drawn with PIL at 4x the image size and box-filtered down (anti-aliased edges), with every random choice
+from one `numpy.random.default_rng(seed)` stream, so the same seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ POSITIONS = {(0, 0): "at the top left", (0, 1): "at the top", (0, 2): "at the to
 # class" coincide and `train(positives="label")` never counts a true caption as a negative. Most name just the class,
 # in prompt-like forms (web alt-text has many of those): with mostly attribute-rich captions a small contrastive
 # model settles on the easy attributes (colour, background tone, texture, size) and its text tower learns to ignore
-# the shape word (measured: shape stayed at chance after 2000 steps).
+# the shape word (measured with attribute-rich templates: shape stayed at chance after 2000 steps).
 CAPTION_TEMPLATES = (
     "a {size} {colour} {shape} on a {tone} {texture} background",
     "{colour} {shape}",
