@@ -7,11 +7,11 @@ def register(sub):
     p = sub.add_parser("export", help="export to ONNX or OpenVINO (vision + text graphs and a sidecar)",
                        description="Export the vision tower (pooler_output and last_hidden_state, dynamic batch) "
                                    "and the text tower as separate graphs, with siglite.json carrying "
-                                   "preprocessing, tokenizer, logit scale/bias and dims. Serve the folder with "
-                                   "--engine onnxruntime or openvino.",
+                                   "preprocessing, tokenizer, logit scale/bias, dims and the engine that "
+                                   "serves it (siglite.load picks it up).",
                        epilog="example: siglite export --model google/siglip-base-patch16-224 --format onnx "
                               "--out siglip-onnx\n         siglite classify cat.jpg --model siglip-onnx "
-                              "--engine onnxruntime --labels cat dog")
+                              "--labels cat dog")
     p.add_argument("--model", "-m", required=True, help="checkpoint folder, hub id, or a name from `siglite list`")
     p.add_argument("--format", dest="graph_format", choices=["onnx", "openvino"], default="onnx",
                    help="graph format (default: onnx)")

@@ -14,7 +14,7 @@ def register(sub):
                                    "that keeps damaging layers in float32) and export ONNX graphs for the engine.",
                        epilog="example: siglite quantize --model google/siglip-base-patch16-224 --calib photos/ "
                               "--out siglip-int8\n         siglite classify cat.jpg --model siglip-int8 "
-                              "--engine onnxruntime --labels cat dog")
+                              "--labels cat dog")
     p.add_argument("--model", "-m", required=True, help="checkpoint folder, hub id, or a name from `siglite list`")
     p.add_argument("--calib", required=True,
                    help="calibration images: folder, glob, list file, tar shards or parquet (as `siglite embed`)")
