@@ -19,7 +19,7 @@ def main() -> None:
     from transformers import SiglipVisionModel
 
     from siglite.registry import get_spec
-    from siglite.testing import random_model, save_checkpoint
+    from siglite.checkpoints import random_model, save_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="siglip-base-patch16-224")

@@ -29,7 +29,7 @@ import siglite
 from siglite.preprocess.image import preprocess_batch
 from siglite.registry import get_spec
 from siglite.tasks.embed import default_workers, embed
-from siglite.testing import random_model, save_checkpoint
+from siglite.checkpoints import random_model, save_checkpoint
 
 
 def write_photos(folder: Path, n: int, size=(640, 480), seed: int = 0) -> list[Path]:

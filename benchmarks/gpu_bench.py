@@ -1,6 +1,6 @@
 """GPU benchmark of the cuda engine against transformers, with fidelity: `python benchmarks/gpu_bench.py`.
 
-Measures, in one run on one GPU (random weights at the real shapes, `siglite.testing.random_model`):
+Measures, in one run on one GPU (random weights at the real shapes, `siglite.checkpoints.random_model`):
 
 * so400m-384 vision tower at batch 1 and at --batch (default 64): transformers `SiglipVisionModel` (SDPA, fp16) as the
   baseline, then our engine in bf16, fp16 and fp8: images/s, batch-1 latency (p50 ms), peak memory, and fidelity of
@@ -33,10 +33,11 @@ import torch
 
 from siglite.engines.cuda import CudaEngine
 from siglite.engines.torch import TorchEngine
-from siglite.loading import to_hf_state_dict
+from siglite.checkpoints import to_hf_state_dict
 from siglite.quant.fp8 import cosine_stats, synthetic_pixels
 from siglite.registry import get_spec
-from siglite.testing import inject_outliers, random_model
+from siglite.checkpoints import random_model
+from siglite.testing import inject_outliers
 
 MAIN = "siglip-so400m-patch14-384"
 OTHERS = ("siglip-base-patch16-224", "siglip-large-patch16-384")

@@ -40,7 +40,8 @@ def make_checkpoint(folder: Path, spec_name: str, outliers: bool, seed: int) -> 
     from tokenizer_fixtures import make_spiece_tokenizer
 
     from siglite.registry import get_spec
-    from siglite.testing import inject_outliers, random_model, save_checkpoint
+    from siglite.checkpoints import random_model, save_checkpoint
+    from siglite.testing import inject_outliers
 
     spec = get_spec(spec_name)
     model = random_model(spec, seed=seed)

@@ -35,7 +35,8 @@ from siglite.errors import SigliteError
 from siglite.preprocess.image import ImageConfig, letterbox, preprocess_batch, resize
 from siglite.quant.fp8 import FP8Linear, cosine_stats, synthetic_pixels
 from siglite.registry import get_spec
-from siglite.testing import amplify_residual, inject_outliers, massive_channels, random_model
+from siglite.checkpoints import random_model
+from siglite.testing import amplify_residual, inject_outliers, massive_channels
 
 FP16_COS = 0.9999  # issue 5: fp16 on outlier models, cosine vs float32
 SMALL = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,

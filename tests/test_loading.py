@@ -39,9 +39,9 @@ def test_missing_config(ckpt):
 
 def test_wrong_model_type(ckpt):
     config = json.loads((ckpt / "config.json").read_text())
-    config["model_type"] = "clip"
+    config["model_type"] = "bert"
     (ckpt / "config.json").write_text(json.dumps(config))
-    with pytest.raises(LoadError, match="model_type 'clip' is not a SigLIP model"):
+    with pytest.raises(LoadError, match="model_type .bert. is not a supported model"):
         siglite.load(ckpt)
 
 

@@ -37,7 +37,8 @@ def outlier_ckpt(tmp_path_factory) -> Path:
     from tokenizer_fixtures import make_spiece_tokenizer
 
     from siglite.registry import get_spec
-    from siglite.testing import inject_outliers, random_model, save_checkpoint
+    from siglite.checkpoints import random_model, save_checkpoint
+    from siglite.testing import inject_outliers
 
     base = get_spec("siglip-base-patch16-224")
     small = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4)
@@ -253,7 +254,8 @@ def test_base_224_meets_the_bar(outliers, tmp_path):
 
     from siglite.quant.quantize import quantize
     from siglite.registry import get_spec
-    from siglite.testing import inject_outliers, random_model, save_checkpoint
+    from siglite.checkpoints import random_model, save_checkpoint
+    from siglite.testing import inject_outliers
 
     spec = get_spec("siglip-base-patch16-224")
     model = random_model(spec)

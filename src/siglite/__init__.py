@@ -31,7 +31,7 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         **engine_options: passed to the engine (e.g. cuda: `calib=` pixels for FP8, `compile=`, `graph_sizes=`).
     """
     from .engines.base import engine_module
-    from .loading import PREPROCESSOR, read_checkpoint, read_json, resolve
+    from .checkpoints import PREPROCESSOR, read_checkpoint, read_json, resolve
     from .preprocess.image import ImageConfig
     from .preprocess.text import load_tokenizer
 

@@ -169,21 +169,15 @@ def _graph_modules():
             return (hidden, pooled) if pooled is not None else (hidden,)
 
     class TextGraph(nn.Module):
-        """`TextTower.forward` with the padding mask always applied. The tower skips an all-ones mask with a
-        data-dependent branch that cannot be traced; applying it is the same function (no key is masked)."""
+        """The text tower with the padding mask as a graph input (always applied: an all-ones mask masks
+        nothing, so engines feed ones when the tokenizer returns no mask): pooler_output only."""
 
         def __init__(self, tower):
             super().__init__()
             self.tower = tower
 
         def forward(self, input_ids, attention_mask):
-            t = self.tower
-            x = t.tok_embed(input_ids) + t.pos_embed[:, :input_ids.shape[1]]  # (B, L, D)
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L), True = attend
-            for block in t.blocks:
-                x = block(x, mask)
-            x = t.norm(x)
-            return (t.head(x[:, -1]),)  # sticky EOS pooling, as TextTower
+            return (self.tower(input_ids, attention_mask)[1],)
 
     return torch, VisionGraph, TextGraph
 
@@ -278,7 +272,7 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     import torch
 
     from . import __version__
-    from .loading import PREPROCESSOR, read_json
+    from .checkpoints import PREPROCESSOR, read_json
     from .preprocess.image import ImageConfig
     from .preprocess.text import load_tokenizer
 
@@ -287,13 +281,13 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     if model.vision is not None:
         cfg = model.vision.cfg
         image = ImageConfig.from_hf(read_json(source_folder / PREPROCESSOR)).to_dict()
-        dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_patches, image_size=cfg.image_size,
+        dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_tokens, image_size=cfg.image_size,
                     patch_size=cfg.patch_size)
     if model.text is not None:
         cfg = model.text.cfg
         text_length = cfg.max_position_embeddings
         tokenizer = load_tokenizer(source_folder, text_length).settings()
-        dims.update(text_hidden=cfg.hidden_size, projection=model.text.head.out_features)
+        dims.update(text_hidden=cfg.hidden_size, projection=cfg.pooled_size)
     return Sidecar(
         format=fmt, precision=precision, engine=FORMATS[fmt]["engine"], source=source,
         files=graphs["files"], inputs=graphs["inputs"], outputs=graphs["outputs"], image=image, tokenizer=tokenizer,
@@ -320,7 +314,7 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: s
     Returns:
         The written `Sidecar`; then ``siglite.load(out, engine=sidecar.engine)`` serves the folder.
     """
-    from .loading import load_model, resolve
+    from .checkpoints import load_model, resolve
 
     if fmt not in FORMATS:
         raise SigliteError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

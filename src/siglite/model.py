@@ -1,60 +1,32 @@
-"""The whole SigLIP forward pass in one file: vision tower, text tower, pooling heads, logits.
+"""The whole two-tower forward pass (SigLIP and CLIP) in one file: vision tower, text tower, pooling, logits.
 
-Ported from Hugging Face transformers `models/siglip/modeling_siglip.py` (v5.23) and big_vision
-`big_vision/models/vit.py` / `two_towers.py`. Numerics follow transformers exactly; the layout is ours:
-q/k/v are one fused `nn.Linear` (one GEMM instead of three), attention is `F.scaled_dot_product_attention`.
+Ported from Hugging Face transformers `models/siglip/modeling_siglip.py` and `models/clip/modeling_clip.py` (v5.24)
+and big_vision `big_vision/models/vit.py` / `two_towers.py`. Numerics follow transformers exactly; the layout is
+ours: q/k/v are one fused `nn.Linear` (one GEMM instead of three), attention is `F.scaled_dot_product_attention`.
 Every matrix multiply is a plain `nn.Linear`, so quantizers can find and replace them.
+
+The families differ by the fields of `config.VisionConfig` / `config.TextConfig` (class token, pre-norm, where the
+final norm applies, causal text, pooling, projection, activation); a part a family lacks is `None` or
+`nn.Identity`, as in timm's `VisionTransformer` and open_clip's towers.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import LOGITS, TextConfig, TowerConfig, VisionConfig
+
+__all__ = ["Siglip", "VisionTower", "TextTower", "Block", "TowerConfig", "VisionConfig", "TextConfig",
+           "sigmoid_logits", "softmax_logits", "pair_logits"]
+
 ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI CLIP (transformers QuickGELUActivation)
 }
-
-
-@dataclass(frozen=True)
-class TowerConfig:
-    """Shape of one transformer tower; field names are those of transformers' Siglip*Config."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu_pytorch_tanh"
-    # vision only
-    image_size: int = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    vision_use_head: bool = True
-    # text only
-    vocab_size: int = 32000
-    max_position_embeddings: int = 64
-    projection_size: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TowerConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @property
-    def grid(self) -> int:
-        """Patches per side: the convolution is 'valid', so 384 px with patch 14 gives 27 and drops 6 px."""
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid**2
 
 
 class Attention(nn.Module):
@@ -124,29 +96,64 @@ class AttentionPoolingHead(nn.Module):
         return y[:, 0]  # (B, D)
 
 
+class ClassTokenPool(nn.Module):
+    """Pool by taking the class token (CLIP's `last_hidden_state[:, 0]`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]  # (B, D)
+
+
 class VisionTower(nn.Module):
-    def __init__(self, cfg: TowerConfig):
+    """ViT image tower. `embed` -> `blocks` -> `norm` -> pooling `head` -> `proj`.
+
+    `forward` returns transformers' `last_hidden_state` and the pooled embedding (`pooler_output` for SigLIP, the
+    projected `image_embeds` = `get_image_features` for CLIP; None when the config has no pooling head).
+    """
+
+    def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
         D = cfg.hidden_size
-        self.patch_embed = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches, D))
+        self.patch_embed = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D))
+        self.pre_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
-        self.head = AttentionPoolingHead(cfg) if cfg.vision_use_head else None
+        self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)  # transformers' post_layernorm
+        self.head = None
+        if cfg.vision_use_head:
+            self.head = AttentionPoolingHead(cfg) if cfg.pooling == "map" else ClassTokenPool()
+        self.proj = nn.Linear(D, cfg.projection_dim or D, bias=cfg.projection_bias) if cfg.projection else nn.Identity()
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> the tokens entering block 0 (transformers' hidden_states[0]), (B, T, D)."""
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B, g*g, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + g*g, D)
+        return self.pre_norm(x + self.pos_embed)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 3, S, S) -> last_hidden_state (B, T, D), pooler_output (B, D) or None."""
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+        """(B, 3, S, S) -> last_hidden_state (B, T, D), pooled (B, P) or None."""
+        x = self.embed(pixels)
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x)
-        return x, (self.head(x) if self.head is not None else None)
+        # SigLIP post-norms every token and pools the normed tokens; CLIP's last_hidden_state is the encoder output
+        # and post_layernorm applies to the pooled class token only (CLIPVisionTransformer.forward).
+        if self.cfg.norm_tokens:
+            x = self.norm(x)
+        if self.head is None:
+            return x, None
+        pooled = self.head(x)  # (B, D)
+        if not self.cfg.norm_tokens:
+            pooled = self.norm(pooled)
+        return x, self.proj(pooled)
 
 
 class TextTower(nn.Module):
-    def __init__(self, cfg: TowerConfig):
+    """Text transformer. Pools the last position (SigLIP) or the EOS position (CLIP), then projects (`head`)."""
+
+    def __init__(self, cfg: TextConfig):
         super().__init__()
         self.cfg = cfg
         D = cfg.hidden_size
@@ -154,34 +161,74 @@ class TextTower(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_position_embeddings, D))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
-        self.head = nn.Linear(D, cfg.projection_size or D)
+        self.head = nn.Linear(D, cfg.pooled_size, bias=cfg.projection_bias) if cfg.projection else nn.Identity()
+
+    def attention_mask(self, mask: torch.Tensor | None, L: int) -> torch.Tensor | None:
+        """Padding mask (B, L) and/or causal mask -> SDPA's boolean mask (True = attend), or None."""
+        attn = mask.bool()[:, None, None, :] if mask is not None else None  # (B, 1, 1, L): padded keys masked
+        if self.cfg.causal:  # CLIP: position i attends to keys <= i (create_causal_mask in CLIPTextTransformer)
+            causal = torch.ones(L, L, dtype=torch.bool, device=self.pos_embed.device).tril()  # (L, L)
+            attn = causal if attn is None else attn & causal  # (B, 1, L, L)
+        return attn
+
+    def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B,) position pooled, for "eos" pooling (both of CLIPTextTransformer.forward's rules)."""
+        if self.cfg.eos_rule == "argmax":  # legacy configs (eos_token_id 2): the EOS is the highest id
+            return ids.to(torch.int32).argmax(dim=-1)
+        return (ids == self.cfg.eos_token_id).to(torch.int32).argmax(dim=-1)  # the first EOS (pad may equal EOS)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) token ids, optional (B, L) padding mask -> last_hidden_state (B, L, D), pooler_output (B, P)."""
-        L = ids.shape[1]
+        """(B, L) token ids, optional (B, L) padding mask -> last_hidden_state (B, L, D), pooled (B, P).
+
+        A given mask is always applied (an all-ones mask masks nothing); None = no padding mask, as SigLIP was
+        trained (transformers masks padded keys only when the tokenizer returned a mask).
+        """
+        B, L = ids.shape
         x = self.tok_embed(ids) + self.pos_embed[:, :L]  # (B, L, D)
-        # Not causal (unlike CLIP). transformers masks padded keys only when the tokenizer returned a mask.
-        attn_mask = None if mask is None or bool(mask.all()) else mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        attn_mask = self.attention_mask(mask, L)
         for block in self.blocks:
             x = block(x, attn_mask)
         x = self.norm(x)
-        # "Sticky" EOS: the last position is pooled, even when it is padding (as transformers and big_vision do).
-        return x, self.head(x[:, -1])
+        if self.cfg.pooling == "eos":
+            pooled = x[torch.arange(B, device=x.device), self.pool_index(ids)]  # (B, D)
+        else:  # "sticky" EOS: the last position, even when it is padding (as transformers and big_vision do)
+            pooled = x[:, -1]
+        return x, self.head(pooled)
 
 
 class Siglip(nn.Module):
-    """Both towers plus the learned logit scale and bias; either tower may be absent (vision-only checkpoints)."""
+    """Both towers plus the learned logit scale (and bias); either tower may be absent (single-tower checkpoints).
 
-    def __init__(self, vision: TowerConfig | None, text: TowerConfig | None):
+    `logits` is "sigmoid" (SigLIP: sigmoid(exp(t) * cos + b), every image-text score on its own) or "softmax"
+    (CLIP: exp(t) * cos, softmax over the candidate texts; `logit_bias` stays 0 and is not saved).
+    """
+
+    def __init__(self, vision: VisionConfig | None, text: TextConfig | None, logits: str = "sigmoid"):
         super().__init__()
+        if logits not in LOGITS:
+            raise ValueError(f"logits {logits!r} is not one of {LOGITS}")
+        self.logit_kind = logits
         self.vision = VisionTower(vision) if vision is not None else None
         self.text = TextTower(text) if text is not None else None
         self.logit_scale = nn.Parameter(torch.zeros(1))
         self.logit_bias = nn.Parameter(torch.zeros(1))
 
     def logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """Pooled image (N, D) and text (M, D) embeddings -> logits_per_image (N, M), before the sigmoid."""
-        return sigmoid_logits(image_embeds, text_embeds, self.logit_scale, self.logit_bias)
+        """Pooled image (N, D) and text (M, D) embeddings -> logits_per_image (N, M), before sigmoid / softmax."""
+        return pair_logits(image_embeds, text_embeds, self.logit_scale, self.logit_bias, self.logit_kind)
+
+
+def pair_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale, logit_bias,
+                kind: str = "sigmoid") -> torch.Tensor:
+    """logits_per_image (N, M) for either logit kind (the bias only for "sigmoid")."""
+    if kind == "softmax":
+        return softmax_logits(image_embeds, text_embeds, logit_scale)
+    return sigmoid_logits(image_embeds, text_embeds, logit_scale, logit_bias)
+
+
+def softmax_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale) -> torch.Tensor:
+    """As transformers' CLIPModel.forward: cosine similarity * exp(t), no bias, computed text-major and transposed."""
+    return sigmoid_logits(image_embeds, text_embeds, logit_scale, 0.0)
 
 
 def sigmoid_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale, logit_bias) -> torch.Tensor:

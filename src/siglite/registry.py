@@ -1,20 +1,24 @@
-"""Model names -> architecture specs. The specs are data (`specs/*.json`, one per architecture); no code here
-branches on a model's name."""
+"""Model names -> architecture specs. The specs are data (`specs/*.json`, one per architecture; the families'
+architecture in `specs/families/`); no code here branches on a model's name."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
+from .config import Family, TextConfig, VisionConfig, family
 from .errors import LoadError
-from .model import TowerConfig
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One architecture: tower shapes, tokenizer kind and default image settings, as the hub checkpoint has them."""
+    """One architecture: tower shapes, tokenizer kind and default image settings, as the hub checkpoint has them.
+
+    `family` names the data in specs/families/ that fills in the architecture (SigLIP, CLIP) and the transformers
+    class defaults; `model` holds model-level transformers fields (CLIP's `projection_dim`).
+    """
 
     name: str
     hub_id: str
@@ -22,35 +26,58 @@ class Spec:
     text: dict
     tokenizer: str
     image: dict
+    family: str = "siglip"
+    model: dict = field(default_factory=dict)
 
     @property
-    def vision_config(self) -> TowerConfig:
-        return TowerConfig.from_dict(self.vision)
+    def family_config(self) -> Family:
+        return family(self.family)
 
     @property
-    def text_config(self) -> TowerConfig:
-        return TowerConfig.from_dict(self.text)
+    def vision_config(self) -> VisionConfig:
+        return self.vision_config_with()
+
+    @property
+    def text_config(self) -> TextConfig:
+        return self.text_config_with()
+
+    def vision_config_with(self, **overrides) -> VisionConfig:
+        return self.family_config.vision_config({**self.vision, **self.model}, **overrides)
+
+    def text_config_with(self, **overrides) -> TextConfig:
+        return self.family_config.text_config({**self.text, **self.model}, **overrides)
 
     def hf_config(self) -> dict:
         """A transformers-style config.json for this architecture (random-weight models at the real shape)."""
+        hf = self.family_config.hf
         return {
-            "model_type": "siglip",
-            "architectures": ["SiglipModel"],
-            "vision_config": {"model_type": "siglip_vision_model", **self.vision},
-            "text_config": {"model_type": "siglip_text_model", **self.text},
+            "model_type": hf["model_type"],
+            "architectures": hf["architectures"],
+            **self.model,
+            "vision_config": {"model_type": hf["vision_model_type"], **self.vision},
+            "text_config": {"model_type": hf["text_model_type"], **self.text},
         }
 
     def hf_preprocessor_config(self) -> dict:
+        """preprocessor_config.json: SigLIP stretches to height x width; CLIP resizes the shortest edge to
+        `shortest_edge` and centre-crops `crop_size` (CLIPImageProcessor)."""
         img = self.image
-        return {
-            "image_processor_type": "SiglipImageProcessor",
-            "processor_class": "SiglipProcessor",
+        hf = self.family_config.hf
+        config = {
+            "image_processor_type": hf["image_processor_type"],
+            "processor_class": hf["processor_class"],
             "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
             "rescale_factor": 1 / 255,
             "resample": img["resample"],
             "image_mean": img["image_mean"], "image_std": img["image_std"],
-            "size": {"height": img["height"], "width": img["width"]},
         }
+        if "shortest_edge" in img:
+            crop = img["crop_size"]
+            config.update(size={"shortest_edge": img["shortest_edge"]}, do_center_crop=True,
+                          crop_size={"height": crop, "width": crop})
+        else:
+            config["size"] = {"height": img["height"], "width": img["width"]}
+        return config
 
 
 @cache

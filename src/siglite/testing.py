@@ -1,71 +1,11 @@
-"""Models to test and measure on when real weights are out of reach: random weights at a real architecture's shape,
-and activation-outlier injection that makes a random model look like a trained ViT to a quantizer."""
+"""Activation-outlier injection that makes a random model look like a trained ViT to a quantizer (and residual
+amplifiers that stress fp16). Random-weight models and checkpoint saving live in `siglite.checkpoints`."""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
 import torch
 
-from .loading import to_hf_state_dict
 from .model import Siglip
-from .registry import Spec
-
-
-def random_model(spec: Spec, *, seed: int = 0, vision_layers: int | None = None, text_layers: int | None = None,
-                 text: bool = True) -> Siglip:
-    """A `Siglip` at `spec`'s shape with random weights (truncated-normal-ish init, as transformers' std 0.02 scheme).
-
-    vision_layers/text_layers override the depth (quick checks at full width); text=False builds the vision tower only.
-    """
-    from .model import TowerConfig
-
-    vcfg = TowerConfig.from_dict({**spec.vision, **({"num_hidden_layers": vision_layers} if vision_layers else {})})
-    tcfg = TowerConfig.from_dict({**spec.text, **({"num_hidden_layers": text_layers} if text_layers else {})})
-    gen = torch.Generator().manual_seed(seed)
-    model = Siglip(vcfg, tcfg if text else None)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.02, generator=gen)
-            elif ".ln" in name or name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif p.dim() >= 2 or "probe" in name or "pos_embed" in name:
-                fan_in = p[0].numel() if p.dim() >= 2 and "embed" not in name else p.shape[-1]
-                p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)
-        model.logit_scale.fill_(math.log(10.0))
-        model.logit_bias.fill_(-10.0)
-    return model.eval()
-
-
-def save_checkpoint(model: Siglip, folder: str | Path, spec: Spec | None = None,
-                    image_config: dict | None = None) -> Path:
-    """Write `model` as a hub-layout folder (config.json with transformers field names, model.safetensors in
-    transformers' key names, preprocessor_config.json). Tokenizer files are the caller's (see tests/conftest.py)."""
-    from dataclasses import asdict
-
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config: dict = {"model_type": "siglip" if model.text is not None else "siglip_vision_model",
-                    "architectures": ["SiglipModel"]}
-    if model.vision is not None:
-        config["vision_config"] = {"model_type": "siglip_vision_model", **asdict(model.vision.cfg)}
-    if model.text is not None:
-        config["text_config"] = {"model_type": "siglip_text_model", **asdict(model.text.cfg)}
-    if model.text is None:  # a vision-only config is flat, as SiglipVisionConfig saves it
-        config = {**config, **config.pop("vision_config")}
-        config["model_type"] = "siglip_vision_model"
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(to_hf_state_dict(model), folder / "model.safetensors")
-    if image_config is None and spec is not None:
-        image_config = spec.hf_preprocessor_config()
-    if image_config is not None:
-        (folder / "preprocessor_config.json").write_text(json.dumps(image_config, indent=2))
-    return folder
 
 
 @torch.no_grad()
@@ -101,7 +41,8 @@ def amplify_residual(model, factor: float):
     writers = [v.patch_embed] + [m for b in v.blocks for m in (b.attn.proj, b.mlp.fc2)]
     for m in writers:
         m.weight.mul_(factor)
-        m.bias.mul_(factor)
+        if m.bias is not None:  # CLIP's patch embedding has none
+            m.bias.mul_(factor)
     v.pos_embed.mul_(factor)
     return model
 

@@ -61,7 +61,7 @@ def run(args):
     if args.spec:
         records = bench_spec(args.spec, vision_layers=args.layers, **kw)
     else:
-        from ..loading import resolve
+        from ..checkpoints import resolve
 
         records = bench(resolve(args.model, revision=args.revision), label=args.model, **kw)
     for path in args.out:

@@ -453,7 +453,7 @@ def _raise_recompile_limit(limit: int = 64) -> None:
 
 
 def create(folder, *, device=None, dtype=None, allow_pickle: bool = False, **kw) -> CudaEngine:
-    from ..loading import load_model
+    from ..checkpoints import load_model
 
     _, model = load_model(folder, allow_pickle=allow_pickle)
     return CudaEngine(model, device=device, dtype=dtype, **kw)

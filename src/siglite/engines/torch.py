@@ -61,7 +61,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def create(folder, *, device=None, dtype=None, allow_pickle: bool = False, **_) -> TorchEngine:
-    from ..loading import load_model
+    from ..checkpoints import load_model
 
     _, model = load_model(folder, allow_pickle=allow_pickle)
     return TorchEngine(model, device=device, dtype=dtype)

@@ -47,7 +47,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         The report (also written as ``quant_report.json`` and ``.md`` in `out`).
     """
     from ..export import build_sidecar, export_onnx_graphs, prepare_folder
-    from ..loading import PREPROCESSOR, load_model, read_json, resolve
+    from ..checkpoints import PREPROCESSOR, load_model, read_json, resolve
     from ..preprocess.image import ImageConfig
     from ..preprocess.text import load_tokenizer
 

@@ -278,7 +278,7 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
     Returns:
         One flat record per target x mode x batch size.
     """
-    from ..loading import PREPROCESSOR, read_json
+    from ..checkpoints import PREPROCESSOR, read_json
     from ..preprocess.image import ImageConfig, preprocess_batch
 
     if baseline is not None and baseline not in BASELINES:
@@ -324,8 +324,8 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
 def bench_spec(spec_name: str, *, vision_layers: int | None = None, seed: int = 0, **kw) -> list[dict]:
     """`bench` on random weights at a known architecture's shape (e.g. "siglip-base-patch16-224"); only the vision
     tower is built and timed. `vision_layers` overrides the depth for quick checks."""
+    from ..checkpoints import random_model, save_checkpoint
     from ..registry import get_spec
-    from ..testing import random_model, save_checkpoint
 
     spec = get_spec(spec_name)
     with tempfile.TemporaryDirectory(prefix="siglite-bench-") as tmp:

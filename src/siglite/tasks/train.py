@@ -220,9 +220,9 @@ class Arch:
 
 def _from_scratch(arch: Arch, captions: Sequence[str], out: Path, seed: int):
     """A randomly initialised Siglip at `arch`, its tokenizer trained on `captions` and written to `out`."""
+    from ..checkpoints import random_model
     from ..preprocess.image import ImageConfig
     from ..preprocess.text import load_tokenizer
-    from ..testing import random_model
 
     train_tokenizer(captions, out, arch.vocab_size, arch.text_length)
     tokenizer = load_tokenizer(out, arch.text_length)
@@ -237,7 +237,7 @@ def _from_scratch(arch: Arch, captions: Sequence[str], out: Path, seed: int):
 
 def _from_checkpoint(init: str | Path, out: Path):
     """Load `init` for fine-tuning; its tokenizer and preprocessing files are copied to `out` unchanged."""
-    from ..loading import PREPROCESSOR, load_model, read_json, resolve
+    from ..checkpoints import PREPROCESSOR, load_model, read_json, resolve
     from ..preprocess.image import ImageConfig
     from ..preprocess.text import load_tokenizer
 
@@ -361,8 +361,8 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
     Returns:
         A `TrainResult`; the same summary is written to `out/training.json`.
     """
+    from ..checkpoints import save_checkpoint
     from ..preprocess.image import preprocess_batch
-    from ..testing import save_checkpoint
 
     if steps < 1 or batch_size < 2:
         raise SigliteError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
