@@ -1,4 +1,4 @@
-"""siglite: Google's SigLIP image-text encoders, faithful to the reference and fast."""
+"""siglite: SigLIP and CLIP image-text encoders, faithful to the reference and fast."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str | None = None, dtype: str | None = None,
          *, revision: str | None = None, allow_pickle: bool = False, **engine_options) -> Model:
-    """Load a SigLIP checkpoint: a hub-layout folder, a hub id (cached; honours HF_HUB_OFFLINE) or a name from
+    """Load a SigLIP or CLIP checkpoint: a hub-layout folder, a hub id (cached; honours HF_HUB_OFFLINE) or a name from
     `siglite list`.
 
     Args:
@@ -31,7 +31,7 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         **engine_options: passed to the engine (e.g. cuda: `calib=` pixels for FP8, `compile=`, `graph_sizes=`).
     """
     from .engines.base import engine_module
-    from .checkpoints import PREPROCESSOR, read_checkpoint, read_json, resolve
+    from .checkpoints import read_checkpoint, read_preprocessor, resolve
     from .preprocess.image import ImageConfig
     from .preprocess.text import load_tokenizer
 
@@ -41,7 +41,7 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
     if engine is None:
         engine = read_sidecar(folder).engine if is_exported(folder) else "torch"
     ckpt = read_checkpoint(folder)
-    image_config = ImageConfig.from_hf(read_json(folder / PREPROCESSOR)) if ckpt.vision is not None else None
+    image_config = ImageConfig.from_hf(read_preprocessor(folder)) if ckpt.vision is not None else None
     tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
     runner = engine_module(engine).create(folder, device=device, dtype=dtype, allow_pickle=allow_pickle,
                                          **engine_options)

@@ -39,8 +39,8 @@ FORMATS = {"onnx": {"engine": "onnxruntime", "suffix": ".onnx"},
 TOWERS = ("vision", "text")
 INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
 # Files copied from the source checkpoint, so the folder loads like one (config, preprocessing, tokenizer).
-ASSETS = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
-          "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model")
+ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+          "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "merges.txt")
 EXTERNAL_DATA_BYTES = 1_500_000_000
 log = logging.getLogger(__name__)  # protobuf stops at 2 GiB: larger graphs keep weights in a .data file
 
@@ -62,6 +62,7 @@ class Sidecar:
         text_length: tokens per text row (the text tower's max_position_embeddings).
         logit_scale: learned log-scale t (logits use exp(t)).
         logit_bias: learned bias.
+        logits: "sigmoid" (SigLIP) or "softmax" (CLIP: no bias).
         dims: hidden sizes, token count, projection size.
         producer: versions of siglite, torch and the exporter, and the opset.
         quantization: summary of the INT8 recipe (the full report sits beside it), or None.
@@ -83,6 +84,7 @@ class Sidecar:
     producer: dict = field(default_factory=dict)
     quantization: dict | None = None
     version: int = SIDECAR_VERSION
+    logits: str = "sigmoid"
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / SIDECAR
@@ -272,7 +274,7 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     import torch
 
     from . import __version__
-    from .checkpoints import PREPROCESSOR, read_json
+    from .checkpoints import read_preprocessor
     from .preprocess.image import ImageConfig
     from .preprocess.text import load_tokenizer
 
@@ -280,7 +282,7 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     dims: dict = {}
     if model.vision is not None:
         cfg = model.vision.cfg
-        image = ImageConfig.from_hf(read_json(source_folder / PREPROCESSOR)).to_dict()
+        image = ImageConfig.from_hf(read_preprocessor(source_folder)).to_dict()
         dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_tokens, image_size=cfg.image_size,
                     patch_size=cfg.patch_size)
     if model.text is not None:
@@ -292,7 +294,7 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
         format=fmt, precision=precision, engine=FORMATS[fmt]["engine"], source=source,
         files=graphs["files"], inputs=graphs["inputs"], outputs=graphs["outputs"], image=image, tokenizer=tokenizer,
         text_length=text_length, logit_scale=float(model.logit_scale.item()),
-        logit_bias=float(model.logit_bias.item()), dims=dims,
+        logit_bias=float(model.logit_bias.item()), logits=model.logit_kind, dims=dims,
         producer={"siglite": __version__, "torch": torch.__version__, "exporter": "torch.onnx.export(dynamo=True)",
                   "opset": opset},
         quantization=quantization,
@@ -361,6 +363,7 @@ class GraphEngine:
         self.precision = self.sidecar.precision
         self.logit_scale = self.sidecar.logit_scale
         self.logit_bias = self.sidecar.logit_bias
+        self.logit_kind = self.sidecar.logits
         self.graphs = {tower: self._load(self.folder / name) for tower, name in self.sidecar.files.items()}
 
     def _load(self, path: Path):  # pragma: no cover - abstract

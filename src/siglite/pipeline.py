@@ -15,7 +15,7 @@ import torch
 
 from .engines.base import Engine
 from .errors import SigliteError
-from .model import sigmoid_logits
+from .model import pair_logits
 from .preprocess.image import MAX_PIXELS_DEFAULT, ImageConfig, ImageInput, preprocess_batch
 
 if TYPE_CHECKING:
@@ -64,7 +64,13 @@ class Model:
             "image": self.image_config.to_dict() if self.image_config else None,
             "tokenizer": self.tokenizer.settings() if self.tokenizer else None,
             "logit_scale": self.engine.logit_scale, "logit_bias": self.engine.logit_bias,
+            "logits": self.logit_kind,
         }
+
+    @property
+    def logit_kind(self) -> str:
+        """"sigmoid" (SigLIP: each image-text score on its own) or "softmax" (CLIP: scores compete over texts)."""
+        return getattr(self.engine, "logit_kind", "sigmoid")
 
     # -- images ---------------------------------------------------------------------------------------------------
 
@@ -122,19 +128,24 @@ class Model:
     # -- zero-shot ------------------------------------------------------------------------------------------------
 
     def logits(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
-        """logits_per_image (N, M) from pooled embeddings, with the checkpoint's learned scale and bias."""
-        return sigmoid_logits(torch.from_numpy(image_features), torch.from_numpy(text_features),
-                              self.engine.logit_scale, self.engine.logit_bias).numpy()
+        """logits_per_image (N, M) from pooled embeddings, with the checkpoint's learned scale (and bias, SigLIP)."""
+        return pair_logits(torch.from_numpy(image_features), torch.from_numpy(text_features),
+                           self.engine.logit_scale, self.engine.logit_bias, self.logit_kind).numpy()
 
     def classify(self, images: Sequence[ImageInput] | ImageInput, labels: Sequence[str], *,
                  template: str = DEFAULT_TEMPLATE, preprocess: str = "resize",
                  batch_size: int | None = None) -> np.ndarray:
-        """Sigmoid probabilities (N, L): each label scored independently (SigLIP is not a softmax model)."""
+        """Probabilities (N, L). SigLIP: sigmoid, each label scored on its own (rows need not sum to 1, several or
+        no labels may fit). CLIP: softmax over the labels, as transformers' `logits_per_image.softmax(dim=1)` (the
+        labels compete; each row sums to 1, so the answer depends on which labels are offered)."""
         if not labels:
             raise SigliteError("classify needs at least one label")
         prompts = [template.format(label) for label in labels]
         img = self.image_features(images, preprocess=preprocess, batch_size=batch_size)
-        return 1.0 / (1.0 + np.exp(-self.logits(img, self.text_features(prompts))))
+        logits = self.logits(img, self.text_features(prompts))
+        if self.logit_kind == "softmax":
+            return torch.from_numpy(logits).softmax(dim=1).numpy()
+        return 1.0 / (1.0 + np.exp(-logits))
 
 
 def _as_list(items) -> list:

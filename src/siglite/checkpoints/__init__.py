@@ -31,6 +31,7 @@ from ..registry import find_spec
 CONFIG = "config.json"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 PREPROCESSOR = "preprocessor_config.json"
+PROCESSOR = "processor_config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
@@ -117,6 +118,17 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LoadError(f"{path}: not valid JSON ({e})") from e
+
+
+def read_preprocessor(folder: Path) -> dict:
+    """The image processor settings: preprocessor_config.json, or the "image_processor" part of the
+    processor_config.json that transformers 5's `ProcessorMixin.save_pretrained` writes instead."""
+    folder = Path(folder)
+    if not (folder / PREPROCESSOR).is_file() and (folder / PROCESSOR).is_file():
+        processor = read_json(folder / PROCESSOR)
+        if isinstance(processor.get("image_processor"), dict):
+            return processor["image_processor"]
+    return read_json(folder / PREPROCESSOR)
 
 
 def read_checkpoint(folder: Path) -> Checkpoint:
@@ -279,4 +291,4 @@ def plain_state_dict(model) -> dict[str, torch.Tensor]:
 from .hub import random_model, save_checkpoint  # noqa: E402  (the library's writers, after the readers they use)
 
 __all__ = ["Checkpoint", "FORMATS", "resolve", "read_json", "read_checkpoint", "read_weights", "build_model",
-           "load_model", "to_hf_state_dict", "random_model", "save_checkpoint", "detect_format", "format_module"]
+           "load_model", "read_preprocessor", "to_hf_state_dict", "random_model", "save_checkpoint", "detect_format", "format_module"]

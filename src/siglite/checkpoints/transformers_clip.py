@@ -107,7 +107,8 @@ def to_hf(model) -> dict[str, torch.Tensor]:
         unmap_blocks(ours, hf, t, "text", model.text.cfg.num_hidden_layers)
         for theirs, mine in TEXT_KEYS.items():
             for p in ("weight", "bias"):
-                hf[f"{t}.{theirs}.{p}"] = ours[f"text.{mine}.{p}"]
+                if f"text.{mine}.{p}" in ours:
+                    hf[f"{t}.{theirs}.{p}"] = ours[f"text.{mine}.{p}"]
         hf[f"{t}.embeddings.position_embedding.weight"] = ours["text.pos_embed"][0]
         if model.text.cfg.projection:
             hf["text_projection.weight"] = ours["text.head.weight"]

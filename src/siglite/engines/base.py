@@ -25,6 +25,7 @@ class Engine(Protocol):
     precision: str
     logit_scale: float  # the learned log-scale t (logits use exp(t))
     logit_bias: float
+    logit_kind: str  # "sigmoid" (SigLIP: scores independent) or "softmax" (CLIP: scores compete over texts)
 
     def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, 3, H, W) float32 -> pooler_output (N, D), last_hidden_state (N, T, D) if tokens else None."""

@@ -385,8 +385,8 @@ class CudaEngine(TorchEngine):
                           "use dtype='bfloat16' or 'float32'", stacklevel=2)
         D = vision.cfg.hidden_size
         out_p = torch.cat(pooled).numpy() if pooled else \
-            (np.zeros((0, D), np.float32) if vision.head is not None else None)
-        out_h = (torch.cat(hidden).numpy() if hidden else np.zeros((0, vision.cfg.num_patches, D), np.float32)) \
+            (np.zeros((0, vision.cfg.pooled_size), np.float32) if vision.head is not None else None)
+        out_h = (torch.cat(hidden).numpy() if hidden else np.zeros((0, vision.cfg.num_tokens, D), np.float32)) \
             if tokens else None
         return out_p, out_h
 

@@ -1,4 +1,4 @@
-"""The PyTorch engine: our `model.Siglip` on CPU or CUDA, in fp32, bf16 or fp16."""
+"""The PyTorch engine: our `model.Siglip` (SigLIP or CLIP) on CPU or CUDA, in fp32, bf16 or fp16."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class TorchEngine:
         self.model = model.to(self.device, self.dtype).eval()
         self.logit_scale = float(model.logit_scale.float().item())
         self.logit_bias = float(model.logit_bias.float().item())
+        self.logit_kind = model.logit_kind  # "sigmoid" (SigLIP) or "softmax" (CLIP)
 
     def _tower(self, tower: str):
         module = getattr(self.model, tower)

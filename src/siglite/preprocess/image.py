@@ -16,6 +16,7 @@ that, and every unreadable input becomes an `ImageError` that names it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import io
 import os
 import warnings
@@ -61,6 +62,10 @@ class ImageConfig:
         image_mean: Per-channel mean (R, G, B).
         image_std: Per-channel standard deviation (R, G, B).
         do_convert_rgb: Kept for fidelity with the source config; `decode` always yields RGB.
+        shortest_edge: CLIP-style resize: the shorter side goes to this many pixels, the aspect ratio is kept
+            (``size={"shortest_edge": n}`` with ``default_to_square=False``); None = stretch to height x width.
+        do_center_crop: Crop the centre ``height x width`` after resizing (CLIPImageProcessor's ``crop_size``),
+            zero-padding an image smaller than that as transformers does.
     """
 
     height: int
@@ -73,6 +78,8 @@ class ImageConfig:
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = (0.5, 0.5, 0.5)
     do_convert_rgb: bool = True
+    shortest_edge: int | None = None
+    do_center_crop: bool = False
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON; tuples keep the frozen config hashable and comparable.
@@ -106,9 +113,19 @@ class ImageConfig:
         """
         height, width = _hf_size(d.get("size"))
         kwargs = {}
+        # CLIPImageProcessor (and the older CLIPFeatureExtractor) crops by default; its bare-int `size` is the
+        # shortest edge (get_size_dict(size, default_to_square=False)), its `crop_size` the output.
+        clip_like = str(d.get("image_processor_type") or d.get("feature_extractor_type") or "").startswith("CLIP")
+        if d.get("do_center_crop", clip_like):
+            size, crop = d.get("size", 224), d.get("crop_size", 224)
+            shortest = size if isinstance(size, int) else (size or {}).get("shortest_edge")
+            if shortest is not None:
+                kwargs["shortest_edge"] = int(shortest)
+            height, width = _hf_size(crop)
+            kwargs["do_center_crop"] = True
         for field in dataclasses.fields(cls):
             value = d.get(field.name)
-            if field.name in ("height", "width") or value is None:
+            if field.name in ("height", "width", "shortest_edge", "do_center_crop") or value is None:
                 continue
             if field.name in ("image_mean", "image_std") and isinstance(value, (int, float)):
                 value = (value,) * 3
@@ -438,9 +455,36 @@ def resize(image: np.ndarray, cfg: ImageConfig) -> np.ndarray:
     """
     rgb = _check_rgb(image)
     if cfg.do_resize:
-        resized = PIL.Image.fromarray(rgb, mode="RGB").resize((cfg.width, cfg.height), resample=cfg.resample)
+        h, w = (cfg.height, cfg.width) if cfg.shortest_edge is None else \
+            shortest_edge_size(rgb.shape[0], rgb.shape[1], cfg.shortest_edge)
+        resized = PIL.Image.fromarray(rgb, mode="RGB").resize((w, h), resample=cfg.resample)
         rgb = np.asarray(resized)
+    if cfg.do_center_crop:
+        rgb = center_crop(rgb, cfg.height, cfg.width)
     return _to_chw(_rescale_normalize(rgb, cfg))
+
+
+def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w) with the shorter side at `size`, the longer scaled and truncated: transformers
+    ``image_transforms.get_resize_output_image_size(default_to_square=False)`` (torchvision's Resize rule)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centre ``height x width`` of an ``(H, W, C)`` image, zero-padded (centred, extra pixel at the bottom /
+    right) where the image is smaller: transformers ``image_transforms.center_crop``."""
+    h, w = image.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    if top >= 0 and left >= 0 and top + height <= h and left + width <= w:
+        return np.ascontiguousarray(image[top:top + height, left:left + width])
+    new_h, new_w = max(height, h), max(width, w)
+    canvas = np.zeros((new_h, new_w) + image.shape[2:], dtype=image.dtype)
+    top_pad, left_pad = math.ceil((new_h - h) / 2), math.ceil((new_w - w) / 2)
+    canvas[top_pad:top_pad + h, left_pad:left_pad + w] = image
+    top, left = top + top_pad, left + left_pad
+    return np.ascontiguousarray(canvas[max(0, top):min(new_h, top + height), max(0, left):min(new_w, left + width)])
 
 
 def letterbox_geometry(height: int, width: int, cfg: ImageConfig) -> tuple[int, int, int, int]:

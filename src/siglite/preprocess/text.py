@@ -21,6 +21,13 @@ truncation=True)``. What that does depends on which class AutoTokenizer picks fo
   unless the config says otherwise, and return an attention_mask. -> ``kind == "tokenizers"``, implemented by
   replaying the same ``tokenizers`` library calls.
 * ``TokenizersBackend`` / ``PreTrainedTokenizerFast``: tokenizer.json loaded as is. -> ``kind == "tokenizers"``.
+* ``CLIPTokenizer`` (= ``CLIPTokenizerFast`` in transformers 5; openai/clip-*, laion CLIP): byte-level BPE with the
+  ``</w>`` end-of-word suffix, rebuilt by models/clip/tokenization_clip.py from tokenizer.json's vocab/merges or
+  from vocab.json + merges.txt: NFC, whitespace runs -> " ", lowercase; split on the CLIP regex (contractions,
+  letter runs, single digits, punctuation runs; the two special tokens kept whole); ``<|startoftext|>`` and
+  ``<|endoftext|>`` around the text (RobertaProcessing), truncated to ``max_length`` (77) and padded on the right
+  with the configured pad token (``<|endoftext|>`` by default). -> ``kind == "tokenizers"``, the same
+  ``tokenizers`` calls.
 
 Any other tokenizer class raises ``LoadError`` instead of guessing.
 """
@@ -50,18 +57,22 @@ _SPECIAL_TOKENS_ATTRIBUTES = [
 
 # transformers/models/auto/tokenization_auto.py: TOKENIZER_MAPPING_NAMES entries for the model types siglite
 # loads, and the subset of MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS among them.
-_REGISTERED_TOKENIZER = {"siglip": "SiglipTokenizer", "siglip2": "Siglip2Tokenizer"}
+_REGISTERED_TOKENIZER = {"siglip": "SiglipTokenizer", "siglip2": "Siglip2Tokenizer", "clip": "CLIPTokenizer"}
 _INCORRECT_HUB_CLASS = {"siglip2"}
 _GENERIC_CLASSES = {"TokenizersBackend", "PythonBackend", "PreTrainedTokenizerFast", "MistralCommonBackend"}
 
 _SPIECE_CLASSES = {"SiglipTokenizer"}
 _REBUILT_BPE_CLASSES = {"GemmaTokenizer", "Siglip2Tokenizer"}
+_CLIP_CLASSES = {"CLIPTokenizer"}
+# transformers models/clip/tokenization_clip.py CLIPTokenizer.__init__: the pre-tokenizer split pattern
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _FILE_CLASSES = {"TokenizersBackend"}
 
 # Class-level defaults (transformers: tokenization_utils_base.PreTrainedTokenizerBase, models/gemma/
 # tokenization_gemma.py GemmaTokenizer, models/siglip2/tokenization_siglip2.py Siglip2Tokenizer,
 # models/siglip/tokenization_siglip.py SiglipTokenizer).
-_CLASS_PADDING_SIDE = {"SiglipTokenizer": "right", "GemmaTokenizer": "left", "Siglip2Tokenizer": "left"}
+_CLASS_PADDING_SIDE = {"SiglipTokenizer": "right", "GemmaTokenizer": "left", "Siglip2Tokenizer": "left",
+                       "CLIPTokenizer": "right"}
 _CLASS_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
@@ -129,13 +140,18 @@ def load_tokenizer(folder: str | Path, max_length: int) -> TextTokenizer:
         if not files.spiece.is_file():
             raise LoadError(f"{files.spiece}: missing ({cls_name} needs spiece.model)")
         return _SentencePieceTokenizer(files, cls_name, max_length)
+    if cls_name in _CLIP_CLASSES:
+        if not files.tokenizer_json.is_file() and not (files.vocab_json.is_file() and files.merges_txt.is_file()):
+            raise LoadError(f"{files.folder}: {cls_name} needs tokenizer.json or vocab.json + merges.txt")
+        return _TokenizersTokenizer(files, cls_name, max_length)
     if cls_name in _REBUILT_BPE_CLASSES or cls_name in _FILE_CLASSES:
         if not files.tokenizer_json.is_file():
             raise LoadError(f"{files.tokenizer_json}: missing ({cls_name} needs tokenizer.json)")
         return _TokenizersTokenizer(files, cls_name, max_length)
     raise LoadError(
         f"{files.tokenizer_config if files.tokenizer_config.is_file() else folder}: tokenizer class {cls_name!r} "
-        f"is not supported (supported: SiglipTokenizer, GemmaTokenizer, Siglip2Tokenizer, TokenizersBackend)"
+        f"is not supported (supported: SiglipTokenizer, GemmaTokenizer, Siglip2Tokenizer, CLIPTokenizer, "
+        f"TokenizersBackend)"
     )
 
 
@@ -151,8 +167,12 @@ class _Files:
         self.added_tokens = folder / "added_tokens.json"
         self.tokenizer_json = folder / "tokenizer.json"
         self.spiece = folder / "spiece.model"
-        if not self.tokenizer_json.is_file() and not self.spiece.is_file():
-            raise LoadError(f"{folder}: no tokenizer files (expected tokenizer.json or spiece.model)")
+        self.vocab_json = folder / "vocab.json"
+        self.merges_txt = folder / "merges.txt"
+        bpe_files = self.vocab_json.is_file() and self.merges_txt.is_file()
+        if not self.tokenizer_json.is_file() and not self.spiece.is_file() and not bpe_files:
+            raise LoadError(f"{folder}: no tokenizer files (expected tokenizer.json, spiece.model or "
+                            f"vocab.json + merges.txt)")
         self.config = _read_json(self.config_json) if self.config_json.is_file() else {}
         self.tok_config = _read_json(self.tokenizer_config) if self.tokenizer_config.is_file() else {}
 
@@ -672,62 +692,101 @@ _PUNCT_TABLE = str.maketrans("", "", string.punctuation)
 # ---------------------------------------------------------------------------------------------- tokenizers path
 
 
+def _bpe_vocab_merges(files: _Files, cls_name: str):
+    """(vocab, merges, post_processor, padding, truncation) for a class that rebuilds its BPE backend: from
+    tokenizer.json (TokenizersBackend.convert_to_native_format) or, for CLIP, from vocab.json + merges.txt."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    tj_path = files.tokenizer_json
+    if not tj_path.is_file():  # vocab.json + merges.txt, read as tokenizers' BPE(vocab=path, merges=path) does
+        try:
+            vocab, merges = BPE.read_file(str(files.vocab_json), str(files.merges_txt))
+        except Exception as e:
+            raise LoadError(f"{files.vocab_json}: cannot read vocab.json / merges.txt ({_one_line(e)})") from None
+        return vocab, merges, None, None, None
+    tj = _read_json(tj_path)
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), (dict, list)):
+        raise LoadError(f"{tj_path}: {cls_name} needs a BPE model, got {model.get('type')!r}")
+    vocab = model["vocab"]
+    if isinstance(vocab, list):
+        vocab = {t[0] if isinstance(t, list) else t: i for i, t in enumerate(vocab)}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+    minimal = dict(tj)
+    minimal["model"] = {**model, "vocab": {}, "merges": []}
+    minimal["added_tokens"] = []
+    try:
+        from_file = Tokenizer.from_str(json.dumps(minimal))
+    except Exception as e:
+        raise LoadError(f"{tj_path}: not a valid tokenizers file ({_one_line(e)})") from None
+    return vocab, merges, from_file.post_processor, from_file.padding, from_file.truncation
+
+
+def _build_gemma(vocab: dict, merges: list, init: dict, where: Path):
+    """GemmaTokenizer.__init__ / Siglip2Tokenizer.__init__ (models/gemma/tokenization_gemma.py)."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    for key, default in (("unk_token", "<unk>"), ("bos_token", "<bos>"), ("eos_token", "<eos>"),
+                         ("pad_token", "<pad>"), ("mask_token", "<mask>")):
+        init.setdefault(key, default)
+    try:
+        tok = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=str(init["unk_token"]), dropout=None,
+                            byte_fallback=True))
+    except Exception as e:
+        raise LoadError(f"{where}: cannot build the BPE model ({_one_line(e)})") from None
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    return tok
+
+
+def _build_clip(vocab: dict, merges: list, init: dict, where: Path):
+    """CLIPTokenizer.__init__ (transformers models/clip/tokenization_clip.py): byte-level BPE with "</w>"."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    for key, default in (("unk_token", "<|endoftext|>"), ("bos_token", "<|startoftext|>"),
+                         ("eos_token", "<|endoftext|>"), ("pad_token", "<|endoftext|>")):
+        init.setdefault(key, default)
+    try:
+        tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                            end_of_word_suffix="</w>", fuse_unk=False, unk_token=str(init["unk_token"])))
+    except Exception as e:
+        raise LoadError(f"{where}: cannot build the BPE model ({_one_line(e)})") from None
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
 class _TokenizersTokenizer(TextTokenizer):
     """transformers TokenizersBackend (tokenization_utils_tokenizers.py) and its GemmaTokenizer /
-    Siglip2Tokenizer subclasses, replayed with the same `tokenizers` calls in the same order."""
+    Siglip2Tokenizer / CLIPTokenizer subclasses, replayed with the same `tokenizers` calls in the same order."""
 
     kind = "tokenizers"
 
     def __init__(self, files: _Files, cls_name: str, max_length: int):
-        from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-        from tokenizers.models import BPE
+        from tokenizers import AddedToken, Tokenizer, normalizers, processors
 
         self.tokenizer_class = cls_name
         self.max_length = max_length
         self._files = files
         where = files.tokenizer_config
-        init, config_decoder = _init_kwargs(files, cls_name, uses_tokenizer_json=True)
+        init, config_decoder = _init_kwargs(files, cls_name, uses_tokenizer_json=files.tokenizer_json.is_file())
         tj_path = files.tokenizer_json
 
-        if cls_name in _REBUILT_BPE_CLASSES:
+        if cls_name in _REBUILT_BPE_CLASSES or cls_name in _CLIP_CLASSES:
             # TokenizersBackend.convert_to_native_format (class with its own __init__): vocab/merges from the
             # file, post_processor/padding/truncation from a vocab-less copy of it; the class rebuilds the rest.
-            tj = _read_json(tj_path)
-            model = tj.get("model") or {}
-            if model.get("type") != "BPE" or not isinstance(model.get("vocab"), (dict, list)):
-                raise LoadError(f"{tj_path}: {cls_name} needs a BPE model, got {model.get('type')!r}")
-            vocab = model["vocab"]
-            if isinstance(vocab, list):
-                vocab = {t[0] if isinstance(t, list) else t: i for i, t in enumerate(vocab)}
-            merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
-            minimal = dict(tj)
-            minimal["model"] = {**model, "vocab": {}, "merges": []}
-            minimal["added_tokens"] = []
-            try:
-                from_file = Tokenizer.from_str(json.dumps(minimal))
-            except Exception as e:
-                raise LoadError(f"{tj_path}: not a valid tokenizers file ({_one_line(e)})") from None
-            json_post, json_padding, json_trunc = from_file.post_processor, from_file.padding, from_file.truncation
-
-            # GemmaTokenizer.__init__ / Siglip2Tokenizer.__init__
-            for key, default in (
-                ("unk_token", "<unk>"),
-                ("bos_token", "<bos>"),
-                ("eos_token", "<eos>"),
-                ("pad_token", "<pad>"),
-                ("mask_token", "<mask>"),
-            ):
-                init.setdefault(key, default)
-            unk = init["unk_token"]
-            try:
-                tok = Tokenizer(
-                    BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=str(unk), dropout=None, byte_fallback=True)
-                )
-            except Exception as e:
-                raise LoadError(f"{tj_path}: cannot build the BPE model ({_one_line(e)})") from None
-            tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
-            tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-            tok.normalizer = normalizers.Replace(" ", "▁")
+            vocab, merges, json_post, json_padding, json_trunc = _bpe_vocab_merges(files, cls_name)
+            build = _build_clip if cls_name in _CLIP_CLASSES else _build_gemma
+            tok = build(vocab, merges, init, tj_path)
         else:
             try:
                 tok = Tokenizer.from_file(str(tj_path))
@@ -785,6 +844,10 @@ class _TokenizersTokenizer(TextTokenizer):
 
         if cls_name == "Siglip2Tokenizer" and tok.normalizer is not None:
             tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), tok.normalizer])
+        if cls_name in _CLIP_CLASSES:  # CLIPTokenizer.__init__, after TokenizersBackend.__init__: <sot> text <eot>
+            eos, bos = str(self._special["eos_token"]), str(self._special["bos_token"])
+            tok.post_processor = processors.RobertaProcessing((eos, tok.token_to_id(eos)), (bos, tok.token_to_id(bos)),
+                                                              False, False)  # trim_offsets, add_prefix_space
 
         self._tok = tok
         self.unk_token_id = self._token_id("unk_token")
@@ -834,7 +897,7 @@ class _TokenizersTokenizer(TextTokenizer):
         return {
             "kind": self.kind,
             "tokenizer_class": self.tokenizer_class,
-            "file": self._files.tokenizer_json.name,
+            "file": self._files.tokenizer_json.name if self._files.tokenizer_json.is_file() else "vocab.json",
             "max_length": self.max_length,
             "lowercase": bool(lowercase),
             "canonicalize": None,

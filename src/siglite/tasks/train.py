@@ -237,7 +237,7 @@ def _from_scratch(arch: Arch, captions: Sequence[str], out: Path, seed: int):
 
 def _from_checkpoint(init: str | Path, out: Path):
     """Load `init` for fine-tuning; its tokenizer and preprocessing files are copied to `out` unchanged."""
-    from ..checkpoints import PREPROCESSOR, load_model, read_json, resolve
+    from ..checkpoints import load_model, read_preprocessor, resolve
     from ..preprocess.image import ImageConfig
     from ..preprocess.text import load_tokenizer
 
@@ -249,7 +249,7 @@ def _from_checkpoint(init: str | Path, out: Path):
         for name in CARRIED_FILES:
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, out / name)
-    preprocessor = read_json(folder / PREPROCESSOR)
+    preprocessor = read_preprocessor(folder)
     return model, load_tokenizer(folder, ckpt.text.max_position_embeddings), ImageConfig.from_hf(preprocessor), \
         preprocessor
 
