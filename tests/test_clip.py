@@ -335,3 +335,59 @@ def test_cli_list_shows_clip():
     assert run.returncode == 0, run.stderr
     rows = {r["name"]: r for r in json.loads(run.stdout)}
     assert rows["clip-vit-base-patch32"]["family"] == "clip" and rows["clip-vit-base-patch32"]["tokens"] == 50
+
+
+# -- tasks: zero-shot eval (seed 002's CIFAR-100 workflow) and export -------------------------------------------------
+
+
+def test_eval_zeroshot_cifar_format_on_clip(clip_folder, reference, tmp_path, capsys):
+    """`siglite eval zeroshot` on a CLIP checkpoint and a CIFAR-100 python-pickle folder: top-1 / per-class recall
+    equal to ranking transformers' CLIPModel logits_per_image with the same template."""
+    import pickle
+
+    from siglite.cli.main import main
+
+    names = ["apple", "bus", "cloud", "fox", "rose", "tulip"]
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 255, (24, 3072), dtype=np.uint8)
+    labels = [i % len(names) for i in range(24)]
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    (root / "test").write_bytes(pickle.dumps({b"data": rows, b"fine_labels": labels}))
+    (root / "meta").write_bytes(pickle.dumps({b"fine_label_names": [n.encode() for n in names]}))
+    assert main(["eval", "zeroshot", "--model", str(clip_folder), "--data", str(root), "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+
+    ref_model, processor, tokenizer = reference
+    images = [Image.fromarray(r.reshape(3, 32, 32).transpose(1, 2, 0)) for r in rows]
+    text_in = tokenizer([f"This is a photo of {n}." for n in names], padding="max_length", max_length=77,
+                        truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        pred = ref_model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"],
+                         **text_in).logits_per_image.argmax(1).numpy()
+    labels = np.array(labels)
+    acc1 = float((pred == labels).mean())
+    recall = float(np.mean([(pred[labels == c] == c).mean() for c in range(len(names))]))
+    print(f"clip zero-shot on random weights: siglite acc1 {record['acc1']:.4f}, transformers {acc1:.4f}")
+    assert record["n"] == 24 and record["acc1"] == pytest.approx(acc1) and \
+        record["mean_per_class_recall"] == pytest.approx(recall)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_export_clip(clip_folder, tmp_path, sample_images, fmt):
+    """`siglite export` of a CLIP model: the graphs serve the same embeddings and softmax probabilities (≤ 1e-4)."""
+    pytest.importorskip("onnxruntime" if fmt == "onnx" else "openvino", reason=f"the {fmt} extra is not installed")
+    from siglite.export import export
+
+    sidecar = export(clip_folder, tmp_path / fmt, fmt)
+    assert sidecar.logits == "softmax" and sidecar.dims["vision_tokens"] == 17
+    graph, ref = siglite.load(tmp_path / fmt), siglite.load(clip_folder)
+    assert graph.logit_kind == "softmax"
+    _maxdiff(f"clip {fmt} image_features", graph.image_features(sample_images), ref.image_features(sample_images),
+             ATOL_FEATURES)
+    _maxdiff(f"clip {fmt} tokens", graph.image_features(sample_images, tokens=True),
+             ref.image_features(sample_images, tokens=True), ATOL_FEATURES)
+    _maxdiff(f"clip {fmt} text_features", graph.text_features(TEXTS), ref.text_features(TEXTS), ATOL_FEATURES)
+    _maxdiff(f"clip {fmt} probabilities", graph.classify(sample_images, ["cat", "dog"]),
+             ref.classify(sample_images, ["cat", "dog"]), ATOL_PROBS)
