@@ -391,3 +391,16 @@ def test_export_clip(clip_folder, tmp_path, sample_images, fmt):
     _maxdiff(f"clip {fmt} text_features", graph.text_features(TEXTS), ref.text_features(TEXTS), ATOL_FEATURES)
     _maxdiff(f"clip {fmt} probabilities", graph.classify(sample_images, ["cat", "dog"]),
              ref.classify(sample_images, ["cat", "dog"]), ATOL_PROBS)
+
+
+@pytest.mark.parametrize("precision,min_cos", [("float32", 1.0 - 1e-6), ("float16", 0.9999), ("bfloat16", 0.999)])
+def test_cuda_engine_runs_clip(clip_folder, sample_images, precision, min_cos):
+    """The cuda engine's mixed-precision conversion (CPU-emulated here) on CLIP: class token, pre-norm (which writes
+    the residual stream), quick_gelu (not fused as tanh-GELU), bias-free projections."""
+    ref = siglite.load(clip_folder)
+    model = siglite.load(clip_folder, engine="cuda", device="cpu", dtype=precision)
+    for name, a, b in [("image", model.image_features(sample_images), ref.image_features(sample_images)),
+                       ("text", model.text_features(TEXTS), ref.text_features(TEXTS))]:
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        print(f"clip cuda engine {precision} {name}: cosine min {cos.min():.6f}")
+        assert cos.min() >= min_cos

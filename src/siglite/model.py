@@ -39,7 +39,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, T, Dh)
-        # mask: (B, 1, 1, T) bool, True = attend; scale defaults to Dh**-0.5 as in transformers
+        # mask: (B, 1, 1, T) padding and/or (1|B, 1, T, T) causal, bool, True = attend; scale Dh**-0.5 as transformers
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)  # (B, H, T, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, T, D))
 
@@ -56,7 +56,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (SiglipEncoderLayer)."""
+    """Pre-norm transformer block (SiglipEncoderLayer, CLIPEncoderLayer: the same layout)."""
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()

@@ -169,7 +169,8 @@ def convert(model: Siglip, precision: Precision, *, fuse_gelu: bool = False) -> 
                 if fused:
                     parent.act = _identity
             elif isinstance(module, nn.LayerNorm):
-                out = precision.residual if name == "norm" else precision.compute  # the final norm is an output
+                # the final norm is an output; CLIP's pre-norm writes the residual stream itself
+                out = precision.residual if name in ("norm", "pre_norm") else precision.compute
                 setattr(parent, attr, MixedLayerNorm(module, precision.residual, out))
     return model
 
