@@ -404,3 +404,22 @@ def test_cuda_engine_runs_clip(clip_folder, sample_images, precision, min_cos):
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         print(f"clip cuda engine {precision} {name}: cosine min {cos.min():.6f}")
         assert cos.min() >= min_cos
+
+
+@pytest.mark.slow
+def test_int8_quantize_clip(clip_folder, tmp_path, sample_images):
+    """INT8 PTQ of a CLIP model (both towers, the bias-free projections included): the seed's fidelity bar on tokens
+    (cosine mean ≥ 0.995, 1%-low ≥ 0.99) on held-out images, and the graphs serve the softmax model."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from siglite.quant.quantize import quantize
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40 + i, 36, 3), dtype=np.uint8) for i in range(24)]
+    report = quantize(clip_folder, images, tmp_path / "int8", num_calib=16, num_check=8, sensitivity_samples=2)
+    runtime = report["fidelity"]["runtime"]
+    print(f"clip INT8 runtime fidelity: {runtime}")
+    assert runtime["vision_hidden"]["mean"] >= 0.995 and runtime["vision_hidden"]["p1"] >= 0.99
+    assert runtime["vision_pooled"]["mean"] >= 0.995 and runtime["text_pooled"]["mean"] >= 0.99
+    model = siglite.load(tmp_path / "int8")
+    assert model.logit_kind == "softmax"
+    np.testing.assert_allclose(model.classify(sample_images, ["cat", "dog"]).sum(1), 1.0, atol=1e-5)

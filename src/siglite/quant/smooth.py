@@ -35,6 +35,8 @@ HEAD_LAYERS = {
                ("head.mlp.fc2", None, None)),
     "text": (("head", "norm", "norm"),),
 }
+# Projections after pooling (CLIP's visual_projection reads the post-normed class token); nn.Identity elsewhere.
+PROJ_LAYERS = {"vision": (("proj", "norm", "norm"),), "text": ()}
 MIN_SCALE, MAX_SCALE = 1e-4, 1e4
 
 
@@ -49,8 +51,17 @@ def tower_layers(model, tower: str) -> list[tuple[str, str | None, str | None]]:
         prefix = f"{tower}.blocks.{i}."
         out += [(prefix + n, prefix + t if t else None, k) for n, t, k in BLOCK_LAYERS]
     if getattr(module, "head", None) is not None:
-        out += [(f"{tower}.{n}", f"{tower}.{t}" if t else None, k) for n, t, k in HEAD_LAYERS[tower]]
+        heads = HEAD_LAYERS[tower] + PROJ_LAYERS[tower]
+        out += [(f"{tower}.{n}", f"{tower}.{t}" if t else None, k) for n, t, k in heads
+                if isinstance(_find(module, n), nn.Linear)]  # a family's absent parts (CLIP has no MAP head)
     return out
+
+
+def _find(module: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
