@@ -205,9 +205,18 @@ def to_hf_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def _format_of(model) -> str:
-    from ..config import family
+    """The checkpoint format of the family whose data describes `model` (logit kind and tower architecture; the
+    projection flag aside, which single-tower classes override)."""
+    from ..config import families
 
-    return family("clip" if model.logit_kind == "softmax" else "siglip").checkpoint_format
+    def matches(fam, tower, arch) -> bool:
+        return tower is None or all(tower.cfg.arch()[k] == v for k, v in arch.items() if k != "projection")
+
+    for fam in families().values():
+        if fam.logits == model.logit_kind and matches(fam, model.vision, fam.vision["arch"]) \
+                and matches(fam, model.text, fam.text["arch"]):
+            return fam.checkpoint_format
+    raise LoadError(f"no model family describes this model (logits {model.logit_kind!r}); cannot save it")
 
 
 class KeyMap:
