@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from siglite.config import TextConfig, VisionConfig, families, family, family_of_model_type
+from siglite.config import VisionConfig, families, family, family_of_model_type
 from siglite.model import Siglip
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "siglite"

@@ -92,7 +92,8 @@ def detect_format(folder: Path) -> tuple[str, dict]:
 
 
 def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local folder, a known short name or a hub id -> a local folder (huggingface_hub cache; honours HF_HUB_OFFLINE)."""
+    """A local folder, a known short name or a hub id -> a local folder (huggingface_hub cache; honours
+    HF_HUB_OFFLINE)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -185,7 +186,8 @@ def build_model(ckpt: Checkpoint, weights: dict[str, torch.Tensor]):
             raise LoadError(f"{where}: weight {name} does not fit the model config.json describes")
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise LoadError(
-                f"{where}: weight {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}"
+                f"{where}: weight {name} has shape {tuple(tensor.shape)}, "
+                f"config.json implies {tuple(expected[name].shape)}"
             )
     model.load_state_dict({k: v.float() for k, v in ours.items()}, strict=False, assign=True)
     for name in ckpt.optional - set(ours):  # absent by design (single-tower checkpoints, CLIP's logit_bias)
@@ -300,4 +302,5 @@ def plain_state_dict(model) -> dict[str, torch.Tensor]:
 from .hub import random_model, save_checkpoint  # noqa: E402  (the library's writers, after the readers they use)
 
 __all__ = ["Checkpoint", "FORMATS", "resolve", "read_json", "read_checkpoint", "read_weights", "build_model",
-           "load_model", "read_preprocessor", "to_hf_state_dict", "random_model", "save_checkpoint", "detect_format", "format_module"]
+           "load_model", "read_preprocessor", "to_hf_state_dict", "random_model", "save_checkpoint", "detect_format",
+           "format_module"]

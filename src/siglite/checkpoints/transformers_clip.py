@@ -14,8 +14,7 @@ import torch
 
 from ..config import family
 from ..errors import LoadError
-from . import (CONFIG, SAFETENSORS, Checkpoint, KeyMap, map_blocks, plain_state_dict,
-               unmap_blocks)
+from . import CONFIG, SAFETENSORS, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
 
 FAMILY = "clip"
 VISION_KEYS = {"embeddings.patch_embedding": "patch_embed", "pre_layrnorm": "pre_norm", "post_layernorm": "norm"}
@@ -37,7 +36,8 @@ def read_config(folder: Path, config: dict) -> Checkpoint:
             vision = fam.vision_config(config.get("vision_config") or {}, **proj)
             text = fam.text_config(config.get("text_config") or {}, **proj)
         else:
-            projected = _has_projection(folder, config, "visual_projection" if "vision" in towers else "text_projection")
+            key = "visual_projection" if "vision" in towers else "text_projection"
+            projected = _has_projection(folder, config, key)
             vision = fam.vision_config(config, projection=projected) if "vision" in towers else None
             text = fam.text_config(config, projection=projected) if "text" in towers else None
     except (TypeError, ValueError) as e:

@@ -56,7 +56,8 @@ def to_ours(weights: dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple[dict[st
         map_blocks(km, v, "vision", ckpt.vision.num_hidden_layers)
         for theirs, mine in VISION_KEYS.items():
             km.linear(f"{v}.{theirs}", f"vision.{mine}")
-        km.put(f"{v}.embeddings.position_embedding.weight", "vision.pos_embed", lambda t: t[None])  # (T, D) -> (1, T, D)
+        # (T, D) -> (1, T, D)
+        km.put(f"{v}.embeddings.position_embedding.weight", "vision.pos_embed", lambda t: t[None])
         if ckpt.vision.vision_use_head:
             km.put(f"{v}.head.probe", "vision.head.probe")
             # nn.MultiheadAttention keeps q, k, v in one (3D, D) in_proj: q goes to the probe, k/v to the tokens
