@@ -35,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dtypes import canonical
 from ..errors import ImageError, SigliteError
 from ..model import Siglip
 from ..quant.fp8 import quantize_vision, synthetic_pixels
+from .base import check_pooled
 from .torch import TorchEngine
 
 
@@ -64,7 +66,6 @@ PRECISIONS = {
     "fp8-fast": Precision(torch.bfloat16, torch.bfloat16, fp8="dynamic-fast"),  # fast accumulation in the FP8 GEMMs
     "float32": Precision(torch.float32, torch.float32),
 }
-ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "fp8-dynamic": "fp8"}
 DEFAULT_PRECISION = "bfloat16"
 GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # captured batch sizes; larger inputs are cut into chunks of the largest
 CALIB_IMAGES = 32  # synthetic calibration images for FP8 when none are given
@@ -78,9 +79,7 @@ def parse_precision(dtype: str | torch.dtype | None) -> str:
     """"bf16", torch.float16, "fp8", ... -> a key of `PRECISIONS`."""
     if dtype is None:
         return DEFAULT_PRECISION
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
-    name = ALIASES.get(dtype, dtype)
+    name = canonical(dtype)
     if name not in PRECISIONS:
         raise SigliteError(f"unknown precision {dtype!r} for engine 'cuda'; choose one of {', '.join(PRECISIONS)}")
     return name
@@ -368,8 +367,7 @@ class CudaEngine(TorchEngine):
         """(N, 3, H, W) float32, numpy or a tensor (already on the GPU, e.g. from `decode_batch_gpu`) -> pooler_output
         (N, D), last_hidden_state (N, T, D) if tokens (float32 numpy)."""
         vision = self._tower("vision")
-        if vision.head is None and not tokens:
-            raise SigliteError("this checkpoint has no pooling head (vision_use_head is false); use tokens=True")
+        check_pooled(vision.head is not None, tokens)
         pooled, hidden, finite = [], [], []
         for x in self._device_chunks(pixels):
             h, p = self.runner(x) if self.runner is not None else self._vision_forward(x)

@@ -94,7 +94,7 @@ def transformers_target(folder: str | Path, precision: str | None = None, device
     from ..engines.torch import parse_dtype
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = parse_dtype(precision, dev)
+    dtype = parse_dtype(precision)
     model = SiglipVisionModel.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype).to(dev).eval()
     processor = AutoImageProcessor.from_pretrained(str(folder))
 
