@@ -34,7 +34,8 @@ import torch
 from siglite.engines.cuda import CudaEngine
 from siglite.engines.torch import TorchEngine
 from siglite.loading import to_hf_state_dict
-from siglite.quant.fp8 import cosine_stats, synthetic_pixels
+from siglite.metrics import cosine_summary
+from siglite.quant.fp8 import synthetic_pixels
 from siglite.registry import get_spec
 from siglite.testing import inject_outliers, random_model
 
@@ -127,7 +128,7 @@ def hf_baseline(model, spec, device: torch.device):
 
 def fidelity(ref, out) -> dict:
     """Cosine rows vs the float32 reference (ref = (pooled, hidden), out likewise)."""
-    h, p = cosine_stats(ref[1], out[1]), cosine_stats(ref[0], out[0])
+    h, p = cosine_summary(ref[1], out[1]), cosine_summary(ref[0], out[0])
     return {"hidden_cos_mean": h["mean"], "hidden_cos_p1": h["p1"], "pooled_cos_mean": p["mean"]}
 
 

@@ -24,7 +24,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -337,12 +336,3 @@ def synthetic_pixels(n: int, size: int | tuple[int, int], *, seed: int = 0) -> t
         noise = torch.rand(n, 3, cells, cells, generator=gen) * 2 - 1
         img += weight * F.interpolate(noise, size=(H, W), mode="bilinear", align_corners=False)
     return img.clamp(-1, 1)
-
-
-def cosine_stats(ref: np.ndarray | torch.Tensor, test: np.ndarray | torch.Tensor) -> dict:
-    """Per-sample cosine similarity of flattened outputs (N, ...) as the seed's fidelity table reports it:
-    mean, min, max and 1%-low (the 1st percentile)."""
-    a, b = (torch.as_tensor(t).detach().cpu().double().reshape(len(t), -1) for t in (ref, test))
-    cos = F.cosine_similarity(a, b, dim=1).numpy()
-    return {"mean": float(cos.mean()), "min": float(cos.min()), "max": float(cos.max()),
-            "p1": float(np.percentile(cos, 1))}

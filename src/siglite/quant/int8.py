@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SigliteError
+from ..metrics import cosine_summary
 from .smooth import migrate, smoothing_factors, tower_layers
 
 log = logging.getLogger(__name__)
@@ -210,13 +211,6 @@ def choose_alpha(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------------------
-
-
-def cosine_summary(ref: torch.Tensor | np.ndarray, test: torch.Tensor | np.ndarray) -> dict:
-    """Per-sample cosine of flattened outputs, summarised as `tasks.evaluate.summarize` does (mean, min, p1...)."""
-    from ..tasks.evaluate import cosine_rows, summarize
-
-    return summarize(cosine_rows(np.asarray(ref), np.asarray(test)))
 
 
 class Probe:
