@@ -17,7 +17,7 @@ from siglite.cli.main import main
 from siglite.quant.calib import Calibration
 from siglite.quant.int8 import RECIPES, SimLinear, Target, plan
 from siglite.tasks.evaluate import fidelity, text_fidelity
-from siglite.tasks.synthetic import CLASSNAMES, generate
+from siglite.data.synthetic import CLASSNAMES, generate
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (onnxscript, for export) is not installed")
@@ -207,7 +207,7 @@ def test_trained_fixture_keeps_top1(tmp_path):
     """On the trained fixture: the quantized model's zero-shot top-1 stays within 0.2 points of float32."""
     from siglite.quant.quantize import quantize
     from siglite.tasks.evaluate import zero_shot
-    from siglite.tasks.datasets import LabelledImages
+    from siglite.data.datasets import LabelledImages
 
     size = siglite.load(TRAINED).image_config.height
     calib = [s.image for s in generate(48, seed=21, image_size=size)]

@@ -13,7 +13,7 @@ import torch
 
 import siglite
 from siglite.cli.main import main
-from siglite.tasks import synthetic
+from siglite.data import synthetic
 from siglite.tasks.train import Arch, match_labels, sigmoid_loss, train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trained-tiny"
@@ -150,7 +150,7 @@ def test_captions_match_labels_and_pixels():
 
 
 def test_write_folder_matches_generate(tmp_path):
-    from siglite.tasks.datasets import read_classnames, read_image_folder
+    from siglite.data.datasets import read_classnames, read_image_folder
 
     record = synthetic.write_folder(tmp_path, 2, seed=8, image_size=24)
     assert record["images"] == 2 * len(synthetic.CLASSNAMES) and record["classes"] == len(synthetic.CLASSNAMES)
@@ -170,7 +170,7 @@ def test_write_folder_matches_generate(tmp_path):
 
 @pytest.fixture(scope="module")
 def heldout():
-    from siglite.tasks.datasets import LabelledImages
+    from siglite.data.datasets import LabelledImages
 
     samples = synthetic.generate(HELDOUT_PER_CLASS * len(synthetic.CLASSNAMES), seed=HELDOUT_SEED,
                                  image_size=siglite.load(FIXTURE).image_config.height)
@@ -216,7 +216,7 @@ def test_perturbed_vision_tower_is_caught(heldout):
 
 def test_swapped_channels_are_caught(heldout):
     """A classic preprocessing bug (BGR fed as RGB) confuses the colours the classes are named by."""
-    from siglite.tasks.datasets import LabelledImages
+    from siglite.data.datasets import LabelledImages
 
     bgr = LabelledImages([img[..., ::-1].copy() for img in heldout.images], heldout.labels, heldout.classnames)
     top1 = _top1(siglite.load(FIXTURE, device="cpu"), bgr)

@@ -52,7 +52,7 @@ def run(args):
 
     images = None
     if args.images:
-        from ..tasks.datasets import list_images
+        from ..data.datasets import list_images
 
         images = [p for src in args.images for p in (list_images(src) if Path(src).is_dir() else [Path(src)])]
     kw = dict(engines=args.engine, precisions=args.precision, batch_sizes=args.batch_sizes, modes=args.mode,

@@ -21,7 +21,7 @@ from ..errors import SigliteError
 from ..metrics import cosine_rows, mean_per_class_recall, mse_rows, recall_at_k, summarize, topk_accuracy
 from ..pipeline import DEFAULT_BATCH, DEFAULT_TEMPLATE, Model
 from ..preprocess.image import preprocess_batch
-from .datasets import LabelledImages
+from ..data.datasets import LabelledImages
 
 log = logging.getLogger(__name__)
 
