@@ -75,7 +75,7 @@ def interleaved(fns: dict, pixels: np.ndarray, rounds: int) -> dict[str, float]:
 def run_variant(variant: str, args, work: Path) -> list[dict]:
     import siglite
     from siglite.export import export
-    from siglite.quant.quantize import quantize
+    from siglite.tasks.quantize import quantize
     from siglite.tasks.bench import transformers_target
     from siglite.tasks.evaluate import fidelity, text_fidelity
     from siglite.data.synthetic import CLASSNAMES

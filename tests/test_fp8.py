@@ -24,14 +24,13 @@ from siglite.quant.fp8 import (
     RECIPES,
     FP8Linear,
     dequantize,
-    migrate,
     quantize,
     quantize_vision,
-    smoothing_factors,
     synthetic_pixels,
     token_scales,
     weight_scales,
 )
+from siglite.quant.smooth import BLOCK_LAYERS, migrate, smoothing_factors
 from siglite.registry import get_spec
 from siglite.testing import inject_outliers, random_model
 
@@ -154,7 +153,8 @@ def test_migration_preserves_the_block_function(layer):
     s = torch.exp(torch.randn(in_features) * 2)  # factors from ~0.02 to ~50
     with torch.no_grad():
         ref = block(x)
-        migrate(block, layer, s)
+        _, fold, kind = next(row for row in BLOCK_LAYERS if row[0] == layer)
+        migrate(block, layer, fold, kind, s)  # the migration INT8 uses too (siglite.quant.smooth)
         out = block(x)
     worst = float((out - ref).abs().max())
     print(f"{layer}: worst |Δ| after migration {worst:.2e}")

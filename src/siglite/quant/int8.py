@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SigliteError
 from ..metrics import cosine_summary
-from .smooth import migrate, smoothing_factors, tower_layers
+from .smooth import migrate, search_alpha, tower_layers
+from .stats import InputStats, collect
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +72,7 @@ RECIPES = {
 
 
 @dataclass(frozen=True)
-class Target:
+class FidelityTarget:
     """The fidelity the sensitivity pass keeps layers in float32 for: every tracked output (vision
     last_hidden_state and pooler_output, text pooler_output) must reach a per-sample cosine `mean` and a
     1st-percentile (`low`) on the held-out calibration inputs. The defaults sit above the issue's bar
@@ -142,48 +140,7 @@ class SimLinear(nn.Module):
         return F.linear(fake_quant_act(x, lo, hi), self.w_deq, self.linear.bias)
 
 
-# -- calibration statistics -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class InputStats:
-    """A linear layer's input over the calibration set: per-channel min/max/amax and a row sample."""
-
-    lo: torch.Tensor | None = None  # (K,)
-    hi: torch.Tensor | None = None
-    rows: list = field(default_factory=list)
-    kept: int = 0
-
-    def update(self, x: torch.Tensor, gen: torch.Generator) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).float()
-        lo, hi = x2.amin(0), x2.amax(0)
-        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
-        take = min(SAMPLE_ROWS - self.kept, max(SAMPLE_ROWS // 8, 1))  # spread over the first batches
-        if take > 0:
-            self.rows.append(x2[torch.randperm(x2.shape[0], generator=gen)[:take]].clone())
-            self.kept += min(take, x2.shape[0])
-
-    @property
-    def amax(self) -> torch.Tensor:
-        return torch.maximum(self.hi.abs(), self.lo.abs())
-
-
-def collect_stats(model: nn.Module, names: list[str], run_batches) -> dict[str, InputStats]:
-    """Record the inputs of the named linear layers while `run_batches()` runs the calibration set."""
-    stats = {n: InputStats() for n in names}
-    gen = torch.Generator().manual_seed(0)
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda _m, args, s=stats[n]: s.update(args[0], gen))
-             for n in names]
-    try:
-        run_batches()
-    finally:
-        for h in hooks:
-            h.remove()
-    missing = [n for n, s in stats.items() if s.lo is None]
-    if missing:
-        raise SigliteError(f"calibration never reached layer(s) {', '.join(missing[:3])}")
-    return stats
+# -- migration strength -----------------------------------------------------------------------------------------------
 
 
 def layer_error(x: torch.Tensor, weight: torch.Tensor, recipe: Recipe, lo=None, hi=None,
@@ -197,17 +154,15 @@ def layer_error(x: torch.Tensor, weight: torch.Tensor, recipe: Recipe, lo=None, 
 
 def choose_alpha(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[float, torch.Tensor, dict]:
     """Try each migration strength on the sampled rows; returns (best alpha, its factors, error per alpha)."""
-    x, w = torch.cat(st.rows), weight.detach().float()
+    x, w = st.sample(), weight.detach().float()
     ref = x @ w.t()  # migration leaves the float product unchanged
-    errors, best = {}, (math.inf, 0.0, torch.ones_like(st.amax))
-    for alpha in (0.0, *[a for a in recipe.alphas if a]):
-        s = smoothing_factors(st.amax, w, alpha) if alpha else torch.ones_like(st.amax)
-        static = recipe.activations == "static"
+    static = recipe.activations == "static"
+
+    def error(s: torch.Tensor) -> float:
         lo, hi = ((st.lo / s).min(), (st.hi / s).max()) if static else (None, None)
-        errors[alpha] = err = layer_error(x / s, w * s, recipe, lo, hi, ref)
-        if err < best[0]:
-            best = (err, alpha, s)
-    return best[1], best[2], errors
+        return layer_error(x / s, w * s, recipe, lo, hi, ref)
+
+    return search_alpha(st.amax, w, recipe.alphas, error)
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------------------
@@ -262,7 +217,7 @@ class Plan:
 
     model: nn.Module  # float32, outliers migrated (same function as the source model)
     recipe: Recipe
-    target: Target
+    target: FidelityTarget
     layers: list[LayerPlan]
     fidelity: dict  # simulated: {"all_quantized": ..., "final": ...}
     timings: dict
@@ -284,8 +239,8 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor | None, torch.T
 
 
 @torch.no_grad()
-def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite", target: Target | None = None,
-         *, sensitivity_samples: int = 4, progress=None) -> Plan:
+def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite",
+         target: FidelityTarget | None = None, *, sensitivity_samples: int = 4, progress=None) -> Plan:
     """Calibrate, migrate outliers and choose which layers run in INT8.
 
     Args:
@@ -299,7 +254,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         progress: optional callable(str) for progress lines.
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
-    target = target or Target()
+    target = target or FidelityTarget()
     say = progress or log.info
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -317,7 +272,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
                 model.text(fit_ids[i:i + BATCH], fit_mask[i:i + BATCH] if fit_mask is not None else None)
 
     say(f"calibrating {len(layers)} linear layers on {calibration.describe()}")
-    stats = collect_stats(model, [n for n, _, _ in layers], run_fit)
+    stats = collect({n: model.get_submodule(n) for n, _, _ in layers}, run_fit, sample_rows=SAMPLE_ROWS,
+                    per_batch=SAMPLE_ROWS // 8)
     times["statistics"] = time.perf_counter() - t0
 
     # Migrate in execution order; a fold into qkv's V rows scales whole output rows, which per-channel weight
@@ -330,7 +286,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         alpha, s, errors = choose_alpha(st, linear.weight, recipe if fold else _no_migration(recipe))
         if alpha:
             migrate(model, name, fold, kind, s)
-        st.lo, st.hi = st.lo / s, st.hi / s  # the layer's input after migration
+        st.scale(s)  # the layer's input after migration
         act_range = (float(st.lo.min()), float(st.hi.max())) if recipe.activations == "static" else None
         plans.append(LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, act_range))
     times["migration"] = time.perf_counter() - t1

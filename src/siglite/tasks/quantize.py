@@ -1,5 +1,8 @@
 """`siglite quantize`: checkpoint + calibration images -> an INT8 exported folder that `siglite.load` serves, with a
-report of what was quantized and the fidelity reached (measured again in the runtime that serves it)."""
+report of what was quantized and the fidelity reached (measured again in the runtime that serves it).
+
+The orchestration of the pure transforms in `siglite.quant` (calibration data, plan, graph rewrite, report) with
+loading, export and serving, which sit above them."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SigliteError
-from . import report as report_mod
-from .calib import Calibration, prepare
-from .int8 import BATCH, RECIPES, Plan, Recipe, Target, cosine_summary, plan
+from ..metrics import cosine_summary
+from ..quant import report as report_mod
+from ..quant.calib import Calibration, prepare
+from ..quant.int8 import BATCH, RECIPES, FidelityTarget, Plan, Recipe, plan
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +24,7 @@ ENGINES = ("onnxruntime", "openvino")  # runtimes that execute the INT8 ONNX gra
 
 
 def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxruntime",
-             recipe: str | Recipe = "siglite", target: Target | None = None, num_calib: int = 256,
+             recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 256,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
              sensitivity_samples: int = 4, revision: str | None = None, allow_pickle: bool = False,
              progress=None) -> dict:
@@ -107,7 +111,7 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
     """Rewrite the exported float32 graphs of the migrated model: the plan's INT8 layers become integer matmuls."""
     import onnx
 
-    from .onnx_int8 import quantize_graph
+    from ..quant.onnx_int8 import quantize_graph
 
     for tower, name in files.items():
         path = out / name
