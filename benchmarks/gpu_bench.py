@@ -247,7 +247,7 @@ def decode_rows(setup: Setup) -> list[dict]:
 
     import PIL.Image
 
-    from siglite.engines.cuda import _torchvision, decode_batch_gpu
+    from siglite.preprocess.gpu import _torchvision, decode_batch_gpu
     from siglite.preprocess.image import ImageConfig
 
     if _torchvision() is None or setup.device.type != "cuda":

@@ -26,13 +26,12 @@ from siglite.engines.cuda import (
     MixedLayerNorm,
     MixedLinear,
     chunks,
-    decode_batch_gpu,
     parse_precision,
-    preprocess_tensor,
 )
 from siglite.engines.torch import TorchEngine
 from siglite.errors import SigliteError
 from siglite.metrics import cosine_summary
+from siglite.preprocess.gpu import decode_batch_gpu, preprocess_tensor
 from siglite.preprocess.image import ImageConfig, letterbox, preprocess_batch, resize
 from siglite.quant.fp8 import FP8Linear, synthetic_pixels
 from siglite.registry import get_spec
@@ -255,7 +254,7 @@ def test_exif_orientations_match_pil():
     import PIL.Image
     import PIL.ImageOps
 
-    from siglite.engines.cuda import _orient
+    from siglite.preprocess.gpu import _orient
 
     arr = _image(5, 8)
     for orientation in range(1, 9):
