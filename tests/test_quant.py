@@ -14,10 +14,11 @@ import torch
 
 import siglite
 from siglite.cli.main import main
-from siglite.quant.calib import Calibration
-from siglite.quant.int8 import RECIPES, SimLinear, Target, plan
-from siglite.tasks.evaluate import fidelity, text_fidelity
 from siglite.data.synthetic import CLASSNAMES, generate
+from siglite.metrics import cosine_rows
+from siglite.quant.calib import Calibration
+from siglite.quant.int8 import RECIPES, FidelityTarget, SimLinear, plan
+from siglite.tasks.evaluate import fidelity, text_fidelity
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (onnxscript, for export) is not installed")
@@ -136,8 +137,21 @@ def test_report_and_sidecar(quantized):
 def test_quantized_model_serves_through_api_and_cli(quantized, outlier_ckpt, sample_images, capsys):
     model = siglite.load(quantized, engine="onnxruntime")
     assert model.engine.precision == "int8"
-    probs = model.classify(sample_images, ["cat", "dog"])
-    assert probs.shape == (len(sample_images), 2) and np.all((probs > 0) & (probs < 1))
+    fp32 = siglite.load(outlier_ckpt)
+    labels, prompts = ["cat", "dog"], ["This is a photo of cat.", "This is a photo of dog."]
+    probs, ref = model.classify(sample_images, labels), fp32.classify(sample_images, labels)
+    # Compared as logits (the sigmoid saturates): exp(t) * cos(image, text) + b, so |Δlogit| / exp(t) is the error of
+    # the image-text cosine. Unit vectors moved by |Δu| change a cosine by at most |Δu_image| + |Δu_text| (triangle
+    # inequality), with |Δu| = sqrt(2 (1 - cos(int8, float32))) per row: the probabilities follow from the features.
+    logit = (lambda p: np.log(p) - np.log1p(-p))
+    worst = float(np.abs(logit(probs) - logit(ref)).max()) / np.exp(model.engine.logit_scale)
+    move = (lambda a, b: float(np.sqrt(2 * (1 - cosine_rows(a, b))).max()))
+    bound = move(model.image_features(sample_images), fp32.image_features(sample_images)) \
+        + move(model.text_features(prompts), fp32.text_features(prompts))
+    with capsys.disabled():
+        print(f"\nint8 vs float32 classify: worst image-text cosine error {worst:.2e} (feature bound {bound:.2e})")
+    assert probs.shape == ref.shape == (len(sample_images), 2)
+    assert worst <= bound + 1e-6 and worst < 0.02
     tokens = model.image_features(sample_images[:2], tokens=True)
     assert tokens.shape == (2, (SIZE // 8) ** 2, 64)
     assert main(["info", "--model", str(quantized), "--engine", "onnxruntime", "--format", "json"]) == 0
@@ -187,7 +201,7 @@ def test_smoothing_keeps_the_float_function_and_fallback_reaches_a_strict_target
     model = siglite.load(outlier_ckpt, device="cpu")
     px = _pixels(model, [Path(p) for p in sorted(calib_dir.iterdir())])
     cal = Calibration(px[:16], px[16:24], ["a cat", "two dogs", "a red car", "x"] * 3, ["a photo of a dog"] * 4, [])
-    strict = Target(mean=0.99999, low=0.99995)
+    strict = FidelityTarget(mean=0.99999, low=0.99995)
     p = plan(model.engine.model, cal, model.tokenizer, "siglite", strict)
     with torch.inference_mode():
         h0, p0 = model.engine.model.vision(torch.from_numpy(px[16:24]))
@@ -205,7 +219,7 @@ def test_smoothing_keeps_the_float_function_and_fallback_reaches_a_strict_target
 @pytest.mark.skipif(not (TRAINED / "config.json").is_file(), reason=f"trained fixture {TRAINED} not present yet")
 def test_trained_fixture_keeps_top1(tmp_path):
     """On the trained fixture: the quantized model's zero-shot top-1 stays within 0.2 points of float32."""
-    from siglite.quant.quantize import quantize
+    from siglite.tasks.quantize import quantize
     from siglite.tasks.evaluate import zero_shot
     from siglite.data.datasets import LabelledImages
 
@@ -251,7 +265,7 @@ def test_base_224_meets_the_bar(outliers, tmp_path):
     Speed is measured by benchmarks/int8_fidelity_speed.py."""
     from tokenizer_fixtures import make_spiece_tokenizer
 
-    from siglite.quant.quantize import quantize
+    from siglite.tasks.quantize import quantize
     from siglite.registry import get_spec
     from siglite.testing import inject_outliers, random_model, save_checkpoint
 
