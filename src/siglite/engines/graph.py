@@ -12,6 +12,7 @@ once and cached, when asked for a graph engine on a plain checkpoint).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from ..artifact import read_sidecar
 from ..dtypes import canonical
 from ..errors import SigliteError
+from ..quant.isa import SAFE_WEIGHT_MAX, detect
 from .base import check_pooled
 
 INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
@@ -43,6 +45,7 @@ class GraphEngine:
             raise SigliteError(f"{self.folder}: exported in {self.sidecar.precision}; its precision is fixed at "
                                f"export time (asked for {dtype})")
         self.precision = self.sidecar.precision
+        _check_weight_range(self.folder, self.sidecar.quantization)
         self.logit_scale = self.sidecar.logit_scale
         self.logit_bias = self.sidecar.logit_bias
         self.graphs = {tower: self._load(self.folder / name) for tower, name in self.sidecar.files.items()}
@@ -71,3 +74,16 @@ class GraphEngine:
         ids = np.ascontiguousarray(ids, np.int64)
         mask = np.ones_like(ids) if mask is None else np.ascontiguousarray(mask, np.int64)
         return self._run("text", {"input_ids": ids, "attention_mask": mask}, ["pooler_output"])[0]
+
+
+def _check_weight_range(folder: Path, quantization: dict | None) -> None:
+    """Warn when INT8 weights use the full 8-bit range on a CPU whose u8*s8 kernels can saturate (see
+    `siglite.quant.isa`): the results are then not what the quantization measured."""
+    wmax = (quantization or {}).get("weight_max")
+    if wmax is None or wmax <= SAFE_WEIGHT_MAX:
+        return
+    isa = detect()
+    if not isa.exact:
+        warnings.warn(f"{folder}: INT8 weights use the full 8-bit range (quantized for {quantization.get('cpu_isa')}), "
+                      f"but this CPU ({isa.name}) can saturate u8*s8 pair sums, so accuracy drops; quantize again on "
+                      f"this CPU (or with SIGLITE_CPU_ISA={isa.name}) for 7-bit weights", stacklevel=3)

@@ -4,8 +4,8 @@ The recipe (`RECIPES["siglite"]`, the default) quantizes the matmuls of every li
 and keeps everything else in float32 (patch embedding, LayerNorms, attention's softmax and its two activation
 matmuls, GELU, residual adds, the pooling head's probe):
 
-* weights: symmetric INT8 storage limited to +-63, one scale per output channel (see `Recipe.weight_max`: full
-  +-127 overflows ONNX Runtime's AVX2 kernel on CPUs without VNNI);
+* weights: symmetric INT8, one scale per output channel, full +-127 where the CPU accumulates u8*s8 products exactly
+  (VNNI, AMX) and +-63 where it can saturate (AVX2 only; `isa`, `Recipe.weight_max`);
 * activations: asymmetric UINT8, one scale per tensor computed at run time from its min/max (ONNX
   ``DynamicQuantizeLinear``; ONNX Runtime fuses it with the integer matmul into ``DynamicQuantizeMatMul``);
 * outliers: SmoothQuant migration (`smooth`), strength chosen per layer among `Recipe.alphas` by the measured
@@ -21,6 +21,7 @@ same round-half-to-even, same saturation. The exported model is then measured ag
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import cosine_summary
+from .isa import CpuIsa, detect
 from .smooth import migrate, search_alpha, tower_layers
 from .stats import InputStats, collect
 
@@ -46,20 +48,27 @@ class Recipe:
     Attributes:
         weights: "channel" (one scale per output channel) or "tensor" (one per matrix).
         activations: "dynamic" (per-tensor min/max at run time) or "static" (per-tensor min/max from calibration).
-        weight_max: largest weight magnitude. 63 (7 bits, the default) rules out the int16 overflow of AVX2's
-            VPMADDUBSW, which ONNX Runtime's u8*s8 kernel uses on CPUs without VNNI (two products summed into
-            int16: 2 * 255 * 127 > 32767). Measured on an AVX2 EPYC: full 127 drops a tiny model's pooled cosine
-            from 0.9998 (simulated) to 0.95 in the runtime; 63 gives the simulated value. 127 is exact only on
-            VNNI/AMX CPUs, and a model is not tied to the CPU it was quantized on.
+        weight_max: largest weight magnitude; None (the default): chosen for the CPU by `isa.detect` when the
+            recipe is used (`resolved`): 127 (8 bits) where u8*s8 products accumulate exactly (VNNI, AMX, ARM
+            dot product), 63 (7 bits) on AVX2-only CPUs, whose VPMADDUBSW sums two products into a saturating int16
+            (2 * 255 * 127 > 32767; measured on an AVX2 EPYC: 127 drops a tiny model's pooled cosine from 0.9998
+            simulated to 0.95 in the runtime, 63 gives the simulated value). Engines warn when a model with 8-bit
+            weights is served on a CPU that saturates.
         alphas: SmoothQuant strengths tried per layer (empty: no migration).
         sensitivity: run the per-layer sensitivity pass and fall back to float32 where needed.
     """
 
     weights: str = "channel"
     activations: str = "dynamic"
-    weight_max: int = 63
+    weight_max: int | None = None
     alphas: tuple[float, ...] = (0.0, 0.3, 0.5, 0.65, 0.8)
     sensitivity: bool = True
+
+    def resolved(self, isa: CpuIsa | None = None) -> Recipe:
+        """This recipe with the weight range chosen for `isa` (default: this CPU, `isa.detect`) when it is None."""
+        if self.weight_max is not None:
+            return self
+        return dataclasses.replace(self, weight_max=(isa or detect()).weight_max)
 
 
 RECIPES = {
@@ -127,6 +136,7 @@ class SimLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None):
         super().__init__()
+        recipe = recipe.resolved()
         self.linear = linear
         q, s = quantize_weight(linear.weight, recipe.weights, recipe.weight_max)
         self.register_buffer("w_deq", q.float() * s[:, None])
@@ -253,7 +263,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
             unless the fully quantized model misses the target.
         progress: optional callable(str) for progress lines.
     """
-    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    recipe = (RECIPES[recipe] if isinstance(recipe, str) else recipe).resolved()
     target = target or FidelityTarget()
     say = progress or log.info
     times: dict[str, float] = {}
@@ -347,7 +357,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
 
 
 def _no_migration(recipe: Recipe) -> Recipe:
-    return Recipe(recipe.weights, recipe.activations, recipe.weight_max, (), recipe.sensitivity)
+    return dataclasses.replace(recipe, alphas=())
 
 
 def _brief(fid: dict[str, dict]) -> str:

@@ -17,6 +17,7 @@ from ..metrics import cosine_summary
 from ..quant import report as report_mod
 from ..quant.calib import Calibration, prepare
 from ..quant.int8 import BATCH, RECIPES, FidelityTarget, Plan, Recipe, plan
+from ..quant.isa import detect
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     write_int8_graphs(p, out, graphs["files"])
     t_export = time.perf_counter() - t1
     kept = [lp.name for lp in p.layers if not lp.quantized]
+    isa = detect()
     summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
-               "report": report_mod.REPORT_JSON}
+               "weight_max": p.recipe.weight_max, "cpu_isa": isa.name, "report": report_mod.REPORT_JSON}
     sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
                             quantization=summary)
     sidecar.engine = engine
@@ -100,6 +102,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
            "recipe_name": recipe_name, "recipe": info["recipe"], "target": info["target"],
            "calibration": {**cal.describe(), "preprocess": preprocess, "failures": cal.failures[:20]},
            "layers": info["layers"], "float32_layers": kept,
+           "cpu_isa": {**isa.to_dict(), "weight_max_used": p.recipe.weight_max},
            "fidelity": {"simulated": info["fidelity_simulated"], "runtime": runtime},
            "timings_s": {"read_calibration": t_read, **info["timings_s"], "export": t_export,
                          "runtime_check": time.perf_counter() - t2, "total": time.perf_counter() - t0}}
