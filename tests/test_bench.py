@@ -55,14 +55,14 @@ def test_oom_shrinks_batch():
 
 
 def test_timer_measures_a_known_sleep():
-    """time_calls against time.sleep: every call at least the sleep, and not much more (a loaded 2-core machine
-    allows a few ms of scheduling delay); warm-up calls are not timed."""
+    """time_calls against time.sleep: every call at least the sleep, and the median below two sleeps (one timed call
+    is one call; a loaded 2-core machine adds scheduling delay, so no tighter bound); warm-up calls are not timed."""
     import time
 
     calls = []
     seconds = B.time_calls(lambda: (calls.append(1), time.sleep(0.02)), iters=5, warmup=2)
     assert len(seconds) == 5 and len(calls) == 7
-    assert np.all(seconds >= 0.02) and np.median(seconds) < 0.02 + 0.015, seconds
+    assert np.all(seconds >= 0.02) and np.median(seconds) < 0.038, seconds
 
 
 def test_peak_memory_sees_an_allocation():
