@@ -34,7 +34,8 @@ import torch
 from siglite.engines.cuda import CudaEngine
 from siglite.engines.torch import TorchEngine
 from siglite.checkpoints import to_hf_state_dict
-from siglite.quant.fp8 import cosine_stats, synthetic_pixels
+from siglite.metrics import cosine_summary
+from siglite.quant.fp8 import synthetic_pixels
 from siglite.registry import get_spec
 from siglite.checkpoints import random_model
 from siglite.testing import inject_outliers
@@ -128,7 +129,7 @@ def hf_baseline(model, spec, device: torch.device):
 
 def fidelity(ref, out) -> dict:
     """Cosine rows vs the float32 reference (ref = (pooled, hidden), out likewise)."""
-    h, p = cosine_stats(ref[1], out[1]), cosine_stats(ref[0], out[0])
+    h, p = cosine_summary(ref[1], out[1]), cosine_summary(ref[0], out[0])
     return {"hidden_cos_mean": h["mean"], "hidden_cos_p1": h["p1"], "pooled_cos_mean": p["mean"]}
 
 
@@ -247,7 +248,7 @@ def decode_rows(setup: Setup) -> list[dict]:
 
     import PIL.Image
 
-    from siglite.engines.cuda import _torchvision, decode_batch_gpu
+    from siglite.preprocess.gpu import _torchvision, decode_batch_gpu
     from siglite.preprocess.image import ImageConfig
 
     if _torchvision() is None or setup.device.type != "cuda":

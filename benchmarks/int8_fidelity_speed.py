@@ -54,7 +54,7 @@ def make_checkpoint(folder: Path, spec_name: str, outliers: bool, seed: int) -> 
 
 
 def images(n: int, seed: int, size: int) -> tuple[list, list[int]]:
-    from siglite.tasks.synthetic import generate
+    from siglite.data.synthetic import generate
 
     samples = generate(n, seed, size)
     return [s.image for s in samples], [s.label for s in samples]
@@ -76,10 +76,10 @@ def interleaved(fns: dict, pixels: np.ndarray, rounds: int) -> dict[str, float]:
 def run_variant(variant: str, args, work: Path) -> list[dict]:
     import siglite
     from siglite.export import export
-    from siglite.quant.quantize import quantize
+    from siglite.tasks.quantize import quantize
     from siglite.tasks.bench import transformers_target
     from siglite.tasks.evaluate import fidelity, text_fidelity
-    from siglite.tasks.synthetic import CLASSNAMES
+    from siglite.data.synthetic import CLASSNAMES
 
     say = (lambda s: print(f"[{variant}] {s}", file=sys.stderr, flush=True))
     src = make_checkpoint(work / variant, args.model, variant == "outliers", args.seed)

@@ -54,6 +54,17 @@ def test_oom_shrinks_batch():
                   pixels=np.zeros((1, 3, 4, 4), np.float32), images=[b""], iters=1, warmup=0)
 
 
+def test_timer_measures_a_known_sleep():
+    """time_calls against time.sleep: every call at least the sleep, and the median below two sleeps (one timed call
+    is one call; a loaded 2-core machine adds scheduling delay, so no tighter bound); warm-up calls are not timed."""
+    import time
+
+    calls = []
+    seconds = B.time_calls(lambda: (calls.append(1), time.sleep(0.02)), iters=5, warmup=2)
+    assert len(seconds) == 5 and len(calls) == 7
+    assert np.all(seconds >= 0.02) and np.median(seconds) < 0.038, seconds
+
+
 def test_peak_memory_sees_an_allocation():
     mem = B.PeakMemory("cpu")
     mem.start()
@@ -95,6 +106,20 @@ def test_bench_tiny_with_baseline(tiny_spiece, tmp_path):
         assert B.plot_records(records, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_decode_gpu_is_passed_through(tiny_spiece):
+    """bench --decode gpu times `preprocess.gpu.decode_batch_gpu` + the engine; without CUDA it falls back to the CPU
+    decode, so its features equal the CPU path's here (the GPU differences are measured in test_cuda_engine.py)."""
+    imgs = B.synthetic_images(2, size=(40, 50))
+    cpu = B.siglite_target(tiny_spiece, device="cpu").run_images(imgs)
+    gpu = B.siglite_target(tiny_spiece, device="cpu", decode="gpu").run_images(imgs)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-6, rtol=0)
+    records = B.bench(tiny_spiece, batch_sizes=[2], modes=["e2e"], iters=1, warmup=0, device="cpu", images=imgs,
+                      decode="gpu")
+    assert [r["decode"] for r in records] == ["gpu"]
+    with pytest.raises(SigliteError, match="unknown decode"):
+        B.siglite_target(tiny_spiece, device="cpu", decode="nvjpeg")
+
+
 def test_bench_errors(tiny_spiece):
     with pytest.raises(SigliteError, match="unknown bench mode"):
         B.bench(tiny_spiece, modes=["fast"])
@@ -134,4 +159,29 @@ def test_bench_cuda_synchronised_with_memory(tiny_spiece):
     assert [r["engine"] for r in records] == ["torch", "transformers"]
     for r in records:
         assert r["device"].startswith("cuda") and r["threads"] is None and r["memory_mb"] > 0
-    assert records[0]["ratio_vs_transformers"] > 0
+    ref, ours = records[1], records[0]  # the ratio is the reference's median latency over ours, as documented
+    assert ours["ratio_vs_transformers"] == pytest.approx(ref["latency_ms_p50"] / ours["latency_ms_p50"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_timer_waits_for_the_kernel():
+    """A GPU kernel that spins a known time returns at once to the host: only the synchronised timer sees it."""
+    import torch
+
+    torch.cuda.init()
+    cycles = int(torch.cuda.get_device_properties(0).clock_rate * 1e3 * 0.05)  # clock_rate in kHz: ~50 ms of spin
+    kernel = (lambda: torch.cuda._sleep(cycles))
+    unsynced = B.time_calls(kernel, iters=3, warmup=1, cuda=False)
+    torch.cuda.synchronize()
+    synced = B.time_calls(kernel, iters=3, warmup=1, cuda=True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    kernel()
+    end.record()
+    end.synchronize()
+    gpu_s = start.elapsed_time(end) / 1e3  # the kernel's own duration, by CUDA events
+    print(f"\nkernel {gpu_s * 1e3:.1f} ms (events); timed synchronised {np.median(synced) * 1e3:.1f} ms, "
+          f"unsynchronised {np.median(unsynced) * 1e3:.3f} ms")
+    assert np.all(synced >= 0.9 * gpu_s) and np.median(synced) <= gpu_s + 0.02
+    assert np.median(unsynced) < 0.2 * gpu_s  # launches are asynchronous: without the sync the timer is wrong

@@ -26,14 +26,14 @@ from siglite.engines.cuda import (
     MixedLayerNorm,
     MixedLinear,
     chunks,
-    decode_batch_gpu,
     parse_precision,
-    preprocess_tensor,
 )
 from siglite.engines.torch import TorchEngine
 from siglite.errors import SigliteError
+from siglite.metrics import cosine_summary
+from siglite.preprocess.gpu import decode_batch_gpu, preprocess_tensor
 from siglite.preprocess.image import ImageConfig, letterbox, preprocess_batch, resize
-from siglite.quant.fp8 import FP8Linear, cosine_stats, synthetic_pixels
+from siglite.quant.fp8 import FP8Linear, synthetic_pixels
 from siglite.registry import get_spec
 from siglite.checkpoints import random_model
 from siglite.testing import amplify_residual, inject_outliers, massive_channels
@@ -91,10 +91,10 @@ def test_load_through_the_public_api(tiny_spiece, sample_images, precision):
     model = siglite.load(tiny_spiece, engine="cuda", device="cpu", dtype=precision)
     assert model.engine.name == "cuda" and model.engine.precision == precision
     floor = {"float16": 0.9999, "bfloat16": 0.999, "fp8": 0.99}[precision]
-    img = cosine_stats(ref.image_features(sample_images), model.image_features(sample_images))
-    tok = cosine_stats(ref.image_features(sample_images, tokens=True),
+    img = cosine_summary(ref.image_features(sample_images), model.image_features(sample_images))
+    tok = cosine_summary(ref.image_features(sample_images, tokens=True),
                        model.image_features(sample_images, tokens=True))
-    txt = cosine_stats(ref.text_features(["a cat", "two dogs"]), model.text_features(["a cat", "two dogs"]))
+    txt = cosine_summary(ref.text_features(["a cat", "two dogs"]), model.text_features(["a cat", "two dogs"]))
     print(f"{precision}: pooled {img['mean']:.6f}, tokens {tok['mean']:.6f}, text {txt['mean']:.6f}")
     assert min(img["min"], tok["min"], txt["min"]) >= floor
     probs = model.classify(sample_images[:2], ["cat", "dog"])
@@ -142,7 +142,7 @@ def test_fp16_on_an_amplified_outlier_model():
     assert amax > 4 * FP16_MAX, "the test model does not exceed fp16's range"
     ref_pooled, ref = TorchEngine(copy.deepcopy(model), "cpu").encode_image(pixels, tokens=True)
     _, unamplified = TorchEngine(copy.deepcopy(original), "cpu").encode_image(pixels, tokens=True)
-    assert cosine_stats(unamplified, ref)["min"] > 0.99999  # amplification preserved the function
+    assert cosine_summary(unamplified, ref)["min"] > 0.99999  # amplification preserved the function
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, naive = TorchEngine(copy.deepcopy(model), "cpu", "float16").encode_image(pixels, tokens=True)
@@ -151,10 +151,10 @@ def test_fp16_on_an_amplified_outlier_model():
         warnings.simplefilter("error")  # our engine warns on non-finite output: make that a failure
         pooled, hidden = CudaEngine(copy.deepcopy(model), "cpu", "float16").encode_image(pixels, tokens=True)
     assert np.isfinite(hidden).all() and np.isfinite(pooled).all()
-    s, sp = cosine_stats(ref, hidden), cosine_stats(ref_pooled, pooled)
+    s, sp = cosine_summary(ref, hidden), cosine_summary(ref_pooled, pooled)
     print(f"fp16 vs fp32: last_hidden_state mean {s['mean']:.7f} min {s['min']:.7f}; pooled min {sp['min']:.7f}")
     assert s["min"] >= FP16_COS and sp["min"] >= FP16_COS
-    assert cosine_stats(unamplified, hidden)["min"] >= FP16_COS
+    assert cosine_summary(unamplified, hidden)["min"] >= FP16_COS
 
 
 def test_fp16_with_massive_activation_channels():
@@ -164,7 +164,7 @@ def test_fp16_with_massive_activation_channels():
     assert amax > FP16_MAX, f"residual |max| {amax:.3g} does not exceed fp16's range"
     ref_pooled, ref = TorchEngine(copy.deepcopy(model), "cpu").encode_image(pixels, tokens=True)
     pooled, hidden = CudaEngine(model, "cpu", "float16").encode_image(pixels, tokens=True)
-    s, sp = cosine_stats(ref, hidden), cosine_stats(ref_pooled, pooled)
+    s, sp = cosine_summary(ref, hidden), cosine_summary(ref_pooled, pooled)
     print(f"massive channels (|max| {amax:.3g}): fp16 tokens min {s['min']:.7f}, pooled min {sp['min']:.7f}")
     assert np.isfinite(hidden).all() and s["min"] >= FP16_COS and sp["min"] >= FP16_COS
 
@@ -255,7 +255,7 @@ def test_exif_orientations_match_pil():
     import PIL.Image
     import PIL.ImageOps
 
-    from siglite.engines.cuda import _orient
+    from siglite.preprocess.gpu import _orient
 
     arr = _image(5, 8)
     for orientation in range(1, 9):
@@ -311,7 +311,7 @@ def test_gpu_parity_with_float32(precision, mean, p1, outliers):
     if precision == "fp8" and torch.cuda.get_device_capability() >= (8, 9):
         assert all(m.backend == "scaled_mm" for m in engine.model.modules() if isinstance(m, FP8Linear))
     pooled, hidden = engine.encode_image(pixels, tokens=True)
-    s, sp = cosine_stats(ref, hidden), cosine_stats(ref_pooled, pooled)
+    s, sp = cosine_summary(ref, hidden), cosine_summary(ref_pooled, pooled)
     print(f"{precision} ({'outliers' if outliers else 'random'}): last_hidden_state mean {s['mean']:.6f} "
           f"1%-low {s['p1']:.6f}; pooled mean {sp['mean']:.6f}")
     assert np.isfinite(hidden).all() and s["mean"] >= mean and s["p1"] >= p1 and sp["mean"] >= mean
@@ -335,11 +335,11 @@ def test_gpu_graphs_and_compile_equal_eager(precision):
     # algorithm inside the capture)
     worst = float(np.abs(h1 - h0).max())
     print(f"{precision}: graph replay vs eager at batch 8, worst |Δ| {worst:.3e}")
-    assert cosine_stats(h0, h1)["min"] > 0.99999 and cosine_stats(p0, p1)["min"] > 0.99999
+    assert cosine_summary(h0, h1)["min"] > 0.99999 and cosine_summary(p0, p1)["min"] > 0.99999
     q0, _ = eager.encode_image(pixels)  # 8 + 3; the 3 run padded to 4 in the graph engines
     for engine in (graphs, full):
         q, _ = engine.encode_image(pixels, tokens=True)
-        s = cosine_stats(q0, q)
+        s = cosine_summary(q0, q)
         print(f"{precision} compile={engine.compile_mode} graphs: pooled vs eager min cosine {s['min']:.6f}")
         assert s["min"] > 0.9999
     assert full.compile_mode == "default", "torch.compile fell back to eager"
@@ -355,7 +355,7 @@ def test_gpu_fp16_no_overflow_on_outlier_models():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pooled, hidden = CudaEngine(model, "cuda", "float16").encode_image(pixels, tokens=True)
-    s, sp = cosine_stats(ref, hidden), cosine_stats(ref_pooled, pooled)
+    s, sp = cosine_summary(ref, hidden), cosine_summary(ref_pooled, pooled)
     print(f"fp16 amplified so400m: tokens min {s['min']:.7f}, pooled min {sp['min']:.7f}")
     assert np.isfinite(hidden).all() and s["min"] >= FP16_COS and sp["min"] >= FP16_COS
 

@@ -29,7 +29,7 @@ from siglite.cli.main import main
 from siglite.errors import SigliteError
 from siglite.tasks.embed import embed, settings_hash
 from siglite.tasks.search import open_store, search, top_k
-from siglite.tasks.sources import expand_braces
+from siglite.data.sources import expand_braces
 
 pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'siglite[data]')")
 import pyarrow.parquet as pq  # noqa: E402

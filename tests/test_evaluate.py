@@ -14,7 +14,7 @@ from PIL import Image
 import siglite
 from siglite.cli.main import main
 from siglite.errors import SigliteError
-from siglite.tasks import datasets as ds
+from siglite.data import datasets as ds
 from siglite.tasks.evaluate import (class_embeddings, cosine_rows, fidelity, fidelity_markdown, mean_per_class_recall,
                                     mse_rows, recall_at_k, retrieval, summarize, text_fidelity, topk_accuracy,
                                     zero_shot)
@@ -348,7 +348,7 @@ TRAINED = Path(__file__).parent / "fixtures" / "trained-tiny"
 def test_trained_fixture_zero_shot_and_broken_engine(tmp_path, capsys):
     import torch
 
-    from siglite.tasks.synthetic import write_folder
+    from siglite.data.synthetic import write_folder
 
     held = write_folder(tmp_path / "held", n_per_class=2, seed=424242)["folder"]  # a seed training never used
     rec = _json_out(capsys, ["eval", "zeroshot", "--model", str(TRAINED), "--device", "cpu", "--data", held,

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import siglite
+from siglite.artifact import SIDECAR, read_sidecar
 from siglite.cli.main import main
 from siglite.errors import LoadError, SigliteError
-from siglite.export import SIDECAR, export, read_sidecar
+from siglite.export import export
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (onnxscript, for export) is not installed")
@@ -178,7 +178,7 @@ def test_plain_checkpoint_serves_its_cached_export(tiny_spiece, onnx_dir, refere
     here with the module's export so that no second export runs)."""
     import shutil
 
-    from siglite.export import cache_path
+    from siglite.artifact import cache_path
 
     monkeypatch.setenv("SIGLITE_CACHE", str(tmp_path))
     shutil.copytree(onnx_dir, cache_path(tiny_spiece, "onnx"))
@@ -188,6 +188,17 @@ def test_plain_checkpoint_serves_its_cached_export(tiny_spiece, onnx_dir, refere
     assert _worst(model.engine.encode_image(px)[0], reference.engine.encode_image(px)[0]) <= ATOL
     with pytest.raises(LoadError, match="siglite export"):
         read_sidecar(tmp_path)  # neither an export nor a checkpoint
+
+
+def test_engine_never_exports(tiny_spiece, tmp_path, monkeypatch):
+    """Only `siglite.load` (asked for a graph engine on a plain checkpoint) runs an export; an engine given a plain
+    checkpoint says to export it and writes nothing."""
+    from siglite.engines.onnxruntime import OnnxRuntimeEngine
+
+    monkeypatch.setenv("SIGLITE_CACHE", str(tmp_path))
+    with pytest.raises(LoadError, match="siglite export"):
+        OnnxRuntimeEngine(tiny_spiece)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _block_import(monkeypatch, name: str):

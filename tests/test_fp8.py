@@ -16,22 +16,21 @@ import pytest
 import torch
 
 from siglite.engines.torch import TorchEngine
+from siglite.metrics import cosine_summary
 from siglite.model import Block, TowerConfig
 from siglite.quant import fp8
 from siglite.quant.fp8 import (
     E4M3_MAX,
     RECIPES,
     FP8Linear,
-    cosine_stats,
     dequantize,
-    migrate,
     quantize,
     quantize_vision,
-    smoothing_factors,
     synthetic_pixels,
     token_scales,
     weight_scales,
 )
+from siglite.quant.smooth import BLOCK_LAYERS, migrate, smoothing_factors
 from siglite.registry import get_spec
 from siglite.checkpoints import random_model
 from siglite.testing import inject_outliers
@@ -88,16 +87,6 @@ def test_smoothing_factors_by_hand():
     torch.testing.assert_close(smoothing_factors(act_amax, w, 0.5), torch.tensor([2.0, 0.5]))
     torch.testing.assert_close(smoothing_factors(act_amax, w, 1.0), act_amax)
     torch.testing.assert_close(smoothing_factors(act_amax, w, 0.0), torch.tensor([1.0, 0.25]))
-
-
-def test_cosine_stats_by_hand():
-    ref = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
-    test = np.array([[2.0, 0.0], [1.0, 1.0], [-1.0, -1.0]])
-    s = cosine_stats(ref, test)
-    cos = np.array([1.0, 2 ** -0.5, -1.0])
-    assert s["mean"] == pytest.approx(cos.mean())
-    assert s["min"] == pytest.approx(-1.0) and s["max"] == pytest.approx(1.0)
-    assert s["p1"] == pytest.approx(np.percentile(cos, 1))
 
 
 # -- the layer --------------------------------------------------------------------------------------------------------
@@ -165,7 +154,8 @@ def test_migration_preserves_the_block_function(layer):
     s = torch.exp(torch.randn(in_features) * 2)  # factors from ~0.02 to ~50
     with torch.no_grad():
         ref = block(x)
-        migrate(block, layer, s)
+        _, fold, kind = next(row for row in BLOCK_LAYERS if row[0] == layer)
+        migrate(block, layer, fold, kind, s)  # the migration INT8 uses too (siglite.quant.smooth)
         out = block(x)
     worst = float((out - ref).abs().max())
     print(f"{layer}: worst |Δ| after migration {worst:.2e}")
@@ -194,7 +184,7 @@ def _fidelity(model, recipe: str, pixels: np.ndarray, ref_hidden: np.ndarray) ->
     m = copy.deepcopy(model)
     quantize_vision(m.vision, synthetic_pixels(8, SMALL["image_size"]), recipe, out_dtype=torch.float32)
     _, hidden = TorchEngine(m, "cpu").encode_image(pixels, tokens=True)
-    return cosine_stats(ref_hidden, hidden)
+    return cosine_summary(ref_hidden, hidden)
 
 
 @pytest.mark.parametrize("outliers", [False, True], ids=["random", "outliers"])
@@ -224,7 +214,7 @@ def test_engine_fp8_precision_emulated_on_cpu():
     assert engine.precision == "fp8" and engine.calibration
     assert all(m.backend == "emulate" for m in engine.model.modules() if isinstance(m, FP8Linear))
     pooled, hidden = engine.encode_image(pixels, tokens=True)
-    s, sp = cosine_stats(ref, hidden), cosine_stats(ref_pooled, pooled)
+    s, sp = cosine_summary(ref, hidden), cosine_summary(ref_pooled, pooled)
     print(f"engine fp8: last_hidden_state mean {s['mean']:.5f} 1%-low {s['p1']:.5f}; pooler mean {sp['mean']:.5f}")
     assert s["mean"] >= COS_MEAN and s["p1"] >= COS_P1 and sp["mean"] >= COS_MEAN
 
@@ -245,7 +235,7 @@ def test_so400m_depth_fidelity_emulated(outliers):
     ref_pooled, ref = TorchEngine(copy.deepcopy(model), "cpu").encode_image(pixels, tokens=True)
     engine = CudaEngine(model, "cpu", "fp8", calib=synthetic_pixels(8, 112).numpy())
     pooled, hidden = engine.encode_image(pixels, tokens=True)
-    s, sp = cosine_stats(ref, hidden), cosine_stats(ref_pooled, pooled)
+    s, sp = cosine_summary(ref, hidden), cosine_summary(ref_pooled, pooled)
     print(f"so400m depth fp8 ({'outliers' if outliers else 'random'}): last_hidden_state mean {s['mean']:.5f} "
           f"1%-low {s['p1']:.5f}; pooled mean {sp['mean']:.5f}")
     assert s["mean"] >= COS_MEAN and s["p1"] >= COS_P1 and sp["mean"] >= COS_MEAN

@@ -133,11 +133,30 @@ def test_encode_images_skips_bad_inputs(tiny_spiece, sample_images, tmp_path):
         model.image_features(inputs)
 
 
-def test_letterbox_mode_changes_input(tiny_spiece, sample_images):
+def test_letterbox_mode_is_the_seed_recipe(tiny_spiece, sample_images):
+    """preprocess="letterbox" feeds the model exactly the seed's pixels (shared/seeds/000_b64b46afb15a8577.txt,
+    `preprocess`, spelled out here with cv2 from the file on disk), which differ from the resize mode's."""
+    import cv2
+
     model = siglite.load(tiny_spiece)
-    a = model.image_features(sample_images[:2], preprocess="letterbox")
-    b = model.image_features(sample_images[:2], preprocess="resize")
-    assert a.shape == b.shape and not np.allclose(a, b)
+    pngs = [sample_images[1], sample_images[2]]  # RGB 97x41 and grey 30x30; PNG so both decoders read equal pixels
+    T = model.image_config.height
+    seed = []
+    for path in pngs:
+        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        h, w = image.shape[:2]
+        scale = T / max(h, w)
+        new_h, new_w = int(h * scale), int(w * scale)
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        top, left = (T - new_h) // 2, (T - new_w) // 2
+        padded = cv2.copyMakeBorder(resized, top, T - new_h - top, left, T - new_w - left, cv2.BORDER_CONSTANT,
+                                    value=[127, 127, 127])
+        seed.append(np.transpose(padded, (2, 0, 1)).astype(np.float32) / 127.5 - 1.0)
+    want = model.engine.encode_image(np.stack(seed))[0]
+    a = model.image_features(pngs, preprocess="letterbox")
+    b = model.image_features(pngs, preprocess="resize")
+    np.testing.assert_array_equal(a, want)
+    assert np.abs(a - b).max() > 1e-3  # and the two modes are different inputs
 
 
 def test_bgr_arrays(tiny_spiece, sample_images):

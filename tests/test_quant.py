@@ -14,10 +14,13 @@ import torch
 
 import siglite
 from siglite.cli.main import main
+from siglite.data.synthetic import CLASSNAMES, generate
+from siglite.errors import SigliteError
+from siglite.metrics import cosine_rows
 from siglite.quant.calib import Calibration
-from siglite.quant.int8 import RECIPES, SimLinear, Target, plan
+from siglite.quant.int8 import RECIPES, FidelityTarget, SimLinear, plan
+from siglite.quant.isa import ENV, detect, from_flags
 from siglite.tasks.evaluate import fidelity, text_fidelity
-from siglite.tasks.synthetic import CLASSNAMES, generate
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (onnxscript, for export) is not installed")
@@ -129,16 +132,33 @@ def test_report_and_sidecar(quantized):
     assert set(runtime) >= {"vision_hidden", "vision_pooled", "text_pooled", "zero_shot_top1_agreement"}
     md = (quantized / "quant_report.md").read_text()
     assert "## Fidelity against float32" in md and "vision last_hidden_state" in md
+    isa = detect()  # the weight range was chosen for this CPU, and the report and sidecar say which
+    assert report["cpu_isa"]["name"] == isa.name and report["cpu_isa"]["weight_max_used"] == isa.weight_max
+    assert report["recipe"]["weight_max"] == isa.weight_max and f"| CPU instruction set | {isa.name}" in md
     sidecar = json.loads((quantized / "siglite.json").read_text())
     assert sidecar["precision"] == "int8" and sidecar["engine"] == "onnxruntime"
     assert sidecar["quantization"]["recipe"] == "siglite"
+    assert sidecar["quantization"]["weight_max"] == isa.weight_max and sidecar["quantization"]["cpu_isa"] == isa.name
 
 
 def test_quantized_model_serves_through_api_and_cli(quantized, outlier_ckpt, sample_images, capsys):
     model = siglite.load(quantized, engine="onnxruntime")
     assert model.engine.precision == "int8"
-    probs = model.classify(sample_images, ["cat", "dog"])
-    assert probs.shape == (len(sample_images), 2) and np.all((probs > 0) & (probs < 1))
+    fp32 = siglite.load(outlier_ckpt)
+    labels, prompts = ["cat", "dog"], ["This is a photo of cat.", "This is a photo of dog."]
+    probs, ref = model.classify(sample_images, labels), fp32.classify(sample_images, labels)
+    # Compared as logits (the sigmoid saturates): exp(t) * cos(image, text) + b, so |Δlogit| / exp(t) is the error of
+    # the image-text cosine. Unit vectors moved by |Δu| change a cosine by at most |Δu_image| + |Δu_text| (triangle
+    # inequality), with |Δu| = sqrt(2 (1 - cos(int8, float32))) per row: the probabilities follow from the features.
+    logit = (lambda p: np.log(p) - np.log1p(-p))
+    worst = float(np.abs(logit(probs) - logit(ref)).max()) / np.exp(model.engine.logit_scale)
+    move = (lambda a, b: float(np.sqrt(2 * (1 - cosine_rows(a, b))).max()))
+    bound = move(model.image_features(sample_images), fp32.image_features(sample_images)) \
+        + move(model.text_features(prompts), fp32.text_features(prompts))
+    with capsys.disabled():
+        print(f"\nint8 vs float32 classify: worst image-text cosine error {worst:.2e} (feature bound {bound:.2e})")
+    assert probs.shape == ref.shape == (len(sample_images), 2)
+    assert worst <= bound + 1e-6 and worst < 0.02
     tokens = model.image_features(sample_images[:2], tokens=True)
     assert tokens.shape == (2, (SIZE // 8) ** 2, 64)
     assert main(["info", "--model", str(quantized), "--engine", "onnxruntime", "--format", "json"]) == 0
@@ -146,6 +166,66 @@ def test_quantized_model_serves_through_api_and_cli(quantized, outlier_ckpt, sam
     assert main(["classify", str(sample_images[0]), "--model", str(quantized), "--engine", "onnxruntime",
                  "--labels", "cat", "dog", "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_isa_from_cpu_flags():
+    assert from_flags("fpu sse4_2 avx2 avx512f avx512_vnni").name == "avx512_vnni"
+    assert from_flags("avx2 avx512_vnni amx_bf16 amx_int8").name == "amx"
+    assert from_flags("avx avx2 avx_vnni").name == "avx_vnni"
+    assert from_flags("fp asimd asimddp").name == "arm_dotprod"
+    avx2, none = from_flags("sse4_2 avx avx2"), from_flags("fpu sse2")
+    assert (avx2.name, avx2.exact, avx2.weight_max) == ("avx2", False, 63)
+    assert (none.name, none.weight_max) == ("other", 63)
+
+
+@pytest.mark.parametrize("isa,weight_max", [("avx2", 63), ("avx512_vnni", 127), ("amx", 127)])
+def test_forced_isa_picks_the_weight_range(isa, weight_max, monkeypatch):
+    """Both branches, forced: the plan's simulated layers (what the sensitivity pass measures) and the written graph
+    use the weight range of the CPU quantized for."""
+    from siglite.quant.int8 import quantize_weight
+    from siglite.registry import get_spec
+    from siglite.checkpoints import random_model
+
+    monkeypatch.setenv(ENV, isa)
+    assert detect().forced and detect().weight_max == weight_max
+    spec = dataclasses.replace(get_spec("siglip-base-patch16-224"), vision={
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "image_size": 16, "patch_size": 8})
+    model = random_model(spec, text=False)
+    px = np.random.default_rng(0).uniform(-1, 1, (6, 3, 16, 16)).astype(np.float32)
+    p = plan(model, Calibration(px[:4], px[4:], [], [], []), None, "siglite", sensitivity_samples=0,
+             progress=lambda _: None)
+    assert p.recipe.weight_max == weight_max
+    q, _ = quantize_weight(p.model.vision.blocks[0].mlp.fc1.weight, p.recipe.weights, p.recipe.weight_max)
+    assert int(q.abs().max()) == weight_max  # every row's largest weight lands on the range's end
+    assert RECIPES["naive"].resolved().weight_max == 127  # recipes that name a range keep it
+
+
+def test_unknown_forced_isa_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv(ENV, "avx9000")
+    with pytest.raises(SigliteError, match="SIGLITE_CPU_ISA='avx9000': unknown instruction set"):
+        detect()
+
+
+def test_load_warns_for_8bit_weights_on_a_saturating_cpu(quantized, tmp_path, monkeypatch):
+    import shutil
+    import warnings
+
+    folder = tmp_path / "int8-vnni"
+    shutil.copytree(quantized, folder)
+    sidecar = json.loads((folder / "siglite.json").read_text())
+    sidecar["quantization"].update(weight_max=127, cpu_isa="avx512_vnni")  # as if quantized on a VNNI CPU
+    (folder / "siglite.json").write_text(json.dumps(sidecar))
+    monkeypatch.setenv(ENV, "avx2")
+    with pytest.warns(UserWarning, match=r"this CPU \(avx2\) can saturate"):
+        siglite.load(folder)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        monkeypatch.setenv(ENV, "avx512_vnni")
+        siglite.load(folder)
+        monkeypatch.setenv(ENV, "avx2")
+        siglite.load(quantized)  # 7-bit weights are exact everywhere
+    assert not [w for w in seen if "saturate" in str(w.message)]
 
 
 def test_simulation_equals_the_runtime_integer_arithmetic():
@@ -188,7 +268,7 @@ def test_smoothing_keeps_the_float_function_and_fallback_reaches_a_strict_target
     model = siglite.load(outlier_ckpt, device="cpu")
     px = _pixels(model, [Path(p) for p in sorted(calib_dir.iterdir())])
     cal = Calibration(px[:16], px[16:24], ["a cat", "two dogs", "a red car", "x"] * 3, ["a photo of a dog"] * 4, [])
-    strict = Target(mean=0.99999, low=0.99995)
+    strict = FidelityTarget(mean=0.99999, low=0.99995)
     p = plan(model.engine.model, cal, model.tokenizer, "siglite", strict)
     with torch.inference_mode():
         h0, p0 = model.engine.model.vision(torch.from_numpy(px[16:24]))
@@ -206,9 +286,9 @@ def test_smoothing_keeps_the_float_function_and_fallback_reaches_a_strict_target
 @pytest.mark.skipif(not (TRAINED / "config.json").is_file(), reason=f"trained fixture {TRAINED} not present yet")
 def test_trained_fixture_keeps_top1(tmp_path):
     """On the trained fixture: the quantized model's zero-shot top-1 stays within 0.2 points of float32."""
-    from siglite.quant.quantize import quantize
+    from siglite.tasks.quantize import quantize
     from siglite.tasks.evaluate import zero_shot
-    from siglite.tasks.datasets import LabelledImages
+    from siglite.data.datasets import LabelledImages
 
     size = siglite.load(TRAINED).image_config.height
     calib = [s.image for s in generate(48, seed=21, image_size=size)]
@@ -252,7 +332,7 @@ def test_base_224_meets_the_bar(outliers, tmp_path):
     Speed is measured by benchmarks/int8_fidelity_speed.py."""
     from tokenizer_fixtures import make_spiece_tokenizer
 
-    from siglite.quant.quantize import quantize
+    from siglite.tasks.quantize import quantize
     from siglite.registry import get_spec
     from siglite.checkpoints import random_model, save_checkpoint
     from siglite.testing import inject_outliers

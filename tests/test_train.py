@@ -13,8 +13,8 @@ import torch
 
 import siglite
 from siglite.cli.main import main
-from siglite.tasks import synthetic
-from siglite.tasks.train import Arch, match_labels, sigmoid_loss, train
+from siglite.data import synthetic
+from siglite.tasks.train import FOLDER_TEMPLATES, Arch, match_labels, sigmoid_loss, train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "trained-tiny"
 HELDOUT_SEED = 2024  # the fixture was trained on seed 0 (REPRODUCE.md); these images were never seen
@@ -117,10 +117,31 @@ def test_fine_tune_from_checkpoint_on_class_folders(tmp_path):
     synthetic.write_folder(data, 1, seed=4, image_size=TINY.image_size, jsonl=False)
     first = train(synthetic.generate(8, seed=5, image_size=TINY.image_size), tmp_path / "a", arch=TINY, steps=2,
                   batch_size=8)
-    tuned = train(data, tmp_path / "b", init=first.folder, steps=2, batch_size=8, lr=1e-4)
+    tuned = train(data, tmp_path / "b", init=first.folder, steps=6, batch_size=8, lr=1e-3)
     assert tuned.pairs == len(synthetic.CLASSNAMES)
     assert (tmp_path / "b" / "spiece.model").read_bytes() == (tmp_path / "a" / "spiece.model").read_bytes()
     assert siglite.load(tmp_path / "b").text_features(["red circle"]).shape == (1, TINY.width)
+
+    # fine-tuning changed the weights (every tower) and lowered the sigmoid loss on the class folder it was tuned on
+    from safetensors.numpy import load_file
+
+    before, after = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert any(k.startswith("vision_model.") for k in changed) and any(k.startswith("text_model.") for k in changed)
+    assert "logit_scale" in changed
+
+    images = sorted(p for p in data.rglob("*.png"))
+    captions = [FOLDER_TEMPLATES[1].format(p.parent.name.replace("_", " ")) for p in images]
+
+    def folder_loss(folder):
+        m = siglite.load(folder)
+        img, txt = (torch.from_numpy(f) for f in (m.image_features(images), m.text_features(captions)))
+        return float(sigmoid_loss(img, txt, torch.tensor(m.engine.logit_scale), torch.tensor(m.engine.logit_bias)))
+
+    loss_a, loss_b = folder_loss(tmp_path / "a"), folder_loss(tmp_path / "b")
+    print(f"\nsigmoid loss on the class folder: before {loss_a:.4f}, after fine-tuning {loss_b:.4f}")
+    assert loss_b < loss_a
 
 
 # -- the procedural dataset -------------------------------------------------------------------------------------------
@@ -150,7 +171,7 @@ def test_captions_match_labels_and_pixels():
 
 
 def test_write_folder_matches_generate(tmp_path):
-    from siglite.tasks.datasets import read_classnames, read_image_folder
+    from siglite.data.datasets import read_classnames, read_image_folder
 
     record = synthetic.write_folder(tmp_path, 2, seed=8, image_size=24)
     assert record["images"] == 2 * len(synthetic.CLASSNAMES) and record["classes"] == len(synthetic.CLASSNAMES)
@@ -170,7 +191,7 @@ def test_write_folder_matches_generate(tmp_path):
 
 @pytest.fixture(scope="module")
 def heldout():
-    from siglite.tasks.datasets import LabelledImages
+    from siglite.data.datasets import LabelledImages
 
     samples = synthetic.generate(HELDOUT_PER_CLASS * len(synthetic.CLASSNAMES), seed=HELDOUT_SEED,
                                  image_size=siglite.load(FIXTURE).image_config.height)
@@ -216,7 +237,7 @@ def test_perturbed_vision_tower_is_caught(heldout):
 
 def test_swapped_channels_are_caught(heldout):
     """A classic preprocessing bug (BGR fed as RGB) confuses the colours the classes are named by."""
-    from siglite.tasks.datasets import LabelledImages
+    from siglite.data.datasets import LabelledImages
 
     bgr = LabelledImages([img[..., ::-1].copy() for img in heldout.images], heldout.labels, heldout.classnames)
     top1 = _top1(siglite.load(FIXTURE, device="cpu"), bgr)

@@ -30,20 +30,27 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         allow_pickle: accept a pytorch_model.bin pickle checkpoint (unpickling can run code; off by default).
         **engine_options: passed to the engine (e.g. cuda: `calib=` pixels for FP8, `compile=`, `graph_sizes=`).
     """
+    from .artifact import engine_format, is_exported, read_sidecar
     from .engines.base import engine_module
     from .checkpoints import read_checkpoint, read_preprocessor, resolve
     from .preprocess.image import ImageConfig
     from .preprocess.text import load_tokenizer
 
-    from .export import is_exported, read_sidecar
-
     folder = resolve(name_or_path, revision=revision)
+    exported = is_exported(folder)
     if engine is None:
-        engine = read_sidecar(folder).engine if is_exported(folder) else "torch"
+        engine = read_sidecar(folder).engine if exported else "torch"
     ckpt = read_checkpoint(folder)
     image_config = ImageConfig.from_hf(read_preprocessor(folder)) if ckpt.vision is not None else None
     tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
-    runner = engine_module(engine).create(folder, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                                         **engine_options)
+    module = engine_module(engine)
+    served = folder
+    if not exported and (fmt := engine_format(engine)) is not None:
+        # A graph engine asked for on a plain checkpoint: export it here, once (cached), because the caller asked;
+        # engines themselves never export.
+        from .export import exported_folder
+
+        served = exported_folder(folder, fmt)
+    runner = module.create(served, device=device, dtype=dtype, allow_pickle=allow_pickle, **engine_options)
     return Model(runner, image_config, tokenizer, name=str(name_or_path), folder=folder,
                  config=ckpt.config)

@@ -1,43 +1,24 @@
-"""Export SigLIP towers as ONNX or OpenVINO graphs, with a sidecar that carries everything needed to serve them.
+"""Export SigLIP towers as ONNX or OpenVINO graphs, into a folder that `siglite.load` serves.
 
-An exported folder holds one graph per tower (``vision.onnx``/``text.onnx``, or ``vision.xml``/``.bin`` for
-OpenVINO), the source checkpoint's ``config.json``, ``preprocessor_config.json`` and tokenizer files (so
-`siglite.load` and `load_tokenizer` read it like any checkpoint), and ``siglite.json``: preprocessing, tokenizer
-settings, text length, logit scale and bias, dimensions, source model and precision (open_clip's
-``save_config_for_hf`` and timm's ``PretrainedCfg`` are the model: an artifact carries its preprocessing).
-
-Graphs (dynamic batch, float32 in and out):
-
-* vision: ``pixel_values`` (N, 3, H, W) -> ``last_hidden_state`` (N, T, D), ``pooler_output`` (N, D);
-* text: ``input_ids`` (N, L) int64, ``attention_mask`` (N, L) int64 -> ``pooler_output`` (N, P). The mask is
-  always an input; engines feed ones when the tokenizer returns none (the same function: no key is masked).
-
-`GraphEngine` is what the ONNX Runtime and OpenVINO engines share: sidecar, feeds and output selection.
+An exported folder holds one graph per tower, the source checkpoint's config, preprocessing and tokenizer files, and
+the ``siglite.json`` sidecar (`siglite.artifact`). The graphs' inputs and outputs are described in
+`siglite.engines.graph`, which serves them. Nothing here runs unless asked: `export` (``siglite export``),
+`siglite.tasks.quantize`, or `siglite.load` given a graph engine for a plain checkpoint (`exported_folder`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
-from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
+from .artifact import FORMATS, Sidecar, cache_path, is_exported, read_sidecar
+from .engines.graph import INPUTS
+from .errors import SigliteError
 
-from .errors import LoadError, SigliteError
-
-SIDECAR = "siglite.json"
-SIDECAR_VERSION = 1
 # Opset 20 is the first with a `Gelu` op: one fused kernel where opset 18 spells tanh-GELU as 8 elementwise ops
 # (about a tenth of the INT8 vision tower's time on CPU, measured with ONNX Runtime 1.31).
 OPSET = 20
-FORMATS = {"onnx": {"engine": "onnxruntime", "suffix": ".onnx"},
-           "openvino": {"engine": "openvino", "suffix": ".xml"}}
-TOWERS = ("vision", "text")
-INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
 # Files copied from the source checkpoint, so the folder loads like one (config, preprocessing, tokenizer).
 ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
           "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "merges.txt")
@@ -45,100 +26,10 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 log = logging.getLogger(__name__)  # protobuf stops at 2 GiB: larger graphs keep weights in a .data file
 
 
-@dataclass
-class Sidecar:
-    """Contents of ``siglite.json``.
-
-    Attributes:
-        format: "onnx" or "openvino".
-        precision: "float32" or "int8".
-        engine: the engine that serves the folder when none is named.
-        source: the model it was exported from (name, hub id or folder).
-        files: tower -> graph file in the folder.
-        inputs: tower -> input names, in order.
-        outputs: tower -> output names.
-        image: `ImageConfig.to_dict()` of the vision preprocessing (None without a vision tower).
-        tokenizer: `TextTokenizer.settings()` (None without a text tower).
-        text_length: tokens per text row (the text tower's max_position_embeddings).
-        logit_scale: learned log-scale t (logits use exp(t)).
-        logit_bias: learned bias.
-        logits: "sigmoid" (SigLIP) or "softmax" (CLIP: no bias).
-        dims: hidden sizes, token count, projection size.
-        producer: versions of siglite, torch and the exporter, and the opset.
-        quantization: summary of the INT8 recipe (the full report sits beside it), or None.
-    """
-
-    format: str
-    precision: str
-    engine: str
-    source: str
-    files: dict
-    inputs: dict
-    outputs: dict
-    image: dict | None
-    tokenizer: dict | None
-    text_length: int | None
-    logit_scale: float
-    logit_bias: float
-    dims: dict
-    producer: dict = field(default_factory=dict)
-    quantization: dict | None = None
-    version: int = SIDECAR_VERSION
-    logits: str = "sigmoid"
-
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / SIDECAR
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
-
-
-def read_sidecar(folder: str | Path) -> Sidecar:
-    """Read and check ``siglite.json``; every missing or unknown field is named."""
-    path = Path(folder) / SIDECAR
-    if not path.is_file():
-        raise LoadError(f"{path}: missing (not an exported siglite folder; see `siglite export`)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise LoadError(f"{path}: expected a JSON object")
-    names = {f.name for f in fields(Sidecar)}
-    required = {f.name for f in fields(Sidecar) if f.default is MISSING and f.default_factory is MISSING}
-    if missing := sorted(required - set(data)):
-        raise LoadError(f"{path}: missing field(s) {', '.join(missing)}")
-    if unknown := sorted(set(data) - names):
-        raise LoadError(f"{path}: unknown field(s) {', '.join(unknown)}")
-    if data.get("version", SIDECAR_VERSION) > SIDECAR_VERSION:
-        raise LoadError(f"{path}: version {data['version']} is newer than this siglite reads ({SIDECAR_VERSION})")
-    for tower, name in data["files"].items():
-        if not (Path(folder) / name).is_file():
-            raise LoadError(f"{Path(folder) / name}: missing ({tower} graph listed in {SIDECAR})")
-    return Sidecar(**data)
-
-
-def is_exported(folder: str | Path) -> bool:
-    """Whether `folder` is an exported (or quantized) siglite folder."""
-    return (Path(folder) / SIDECAR).is_file()
-
-
-def cache_path(checkpoint: str | Path, fmt: str) -> Path:
-    """Where `exported_folder` keeps the export of a plain checkpoint: ``$SIGLITE_CACHE`` (default
-    ``~/.cache/siglite``) ``/exports/<name>-<fingerprint>-<fmt>``; the fingerprint covers the checkpoint's path and
-    the size and mtime of its config and weights, so a changed checkpoint is exported again."""
-    folder = Path(checkpoint).resolve()
-    h = hashlib.sha1(str(folder).encode())
-    for f in sorted(folder.iterdir()):
-        if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    root = Path(os.environ.get("SIGLITE_CACHE") or Path.home() / ".cache" / "siglite")
-    return root / "exports" / f"{folder.name}-{h.hexdigest()[:12]}-{fmt}"
-
-
 def exported_folder(folder: str | Path, fmt: str) -> Path:
-    """`folder` itself when it is an export; for a plain checkpoint, its export in the cache (made on first use), so
-    that ``siglite.load(checkpoint, engine="onnxruntime")`` works without a separate `siglite export` step."""
+    """`folder` itself when it is an export; for a plain checkpoint, its export in the cache (`artifact.cache_path`,
+    made on first use), so that ``siglite.load(checkpoint, engine="onnxruntime")`` works without a separate
+    `siglite export` step."""
     folder = Path(folder)
     if is_exported(folder):
         return folder
@@ -339,62 +230,6 @@ def prepare_folder(out: str | Path, source: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     copy_assets(Path(source), out)
     return out
-
-
-# -- serving ----------------------------------------------------------------------------------------------------------
-
-
-class GraphEngine:
-    """The part of an engine for exported graphs that does not depend on the runtime.
-
-    Subclasses load each tower's graph in `_load(path)` and run it in `_run(tower, feeds, outputs)`. Given a plain
-    checkpoint folder instead of an export, it serves the checkpoint's cached export (see `exported_folder`).
-    """
-
-    name = "graph"
-    format = "onnx"  # what a plain checkpoint is exported to on first use
-
-    def __init__(self, folder: str | Path, *, dtype: str | None = None):
-        self.folder = exported_folder(folder, self.format)
-        self.sidecar = read_sidecar(self.folder)
-        if dtype is not None and _canonical_precision(dtype) != self.sidecar.precision:
-            raise SigliteError(f"{self.folder}: exported in {self.sidecar.precision}; its precision is fixed at "
-                               f"export time (asked for {dtype})")
-        self.precision = self.sidecar.precision
-        self.logit_scale = self.sidecar.logit_scale
-        self.logit_bias = self.sidecar.logit_bias
-        self.logit_kind = self.sidecar.logits
-        self.graphs = {tower: self._load(self.folder / name) for tower, name in self.sidecar.files.items()}
-
-    def _load(self, path: Path):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _run(self, tower: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def _tower(self, tower: str) -> None:
-        if tower not in self.graphs:
-            raise SigliteError(f"{self.folder}: this export has no {tower} tower")
-
-    def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
-        self._tower("vision")
-        has_pooled = "pooler_output" in self.sidecar.outputs["vision"]
-        if not has_pooled and not tokens:
-            raise SigliteError("this checkpoint has no pooling head (vision_use_head is false); use tokens=True")
-        wanted = (["pooler_output"] if has_pooled else []) + (["last_hidden_state"] if tokens else [])
-        got = dict(zip(wanted, self._run("vision", {"pixel_values": np.ascontiguousarray(pixels, np.float32)},
-                                         wanted)))
-        return got.get("pooler_output"), got.get("last_hidden_state")
-
-    def encode_text(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        self._tower("text")
-        ids = np.ascontiguousarray(ids, np.int64)
-        mask = np.ones_like(ids) if mask is None else np.ascontiguousarray(mask, np.int64)
-        return self._run("text", {"input_ids": ids, "attention_mask": mask}, ["pooler_output"])[0]
-
-
-def _canonical_precision(dtype: str) -> str:
-    return {"fp32": "float32", "float32": "float32", "int8": "int8"}.get(str(dtype), str(dtype))
 
 
 def _require(module: str, extra: str, what: str):

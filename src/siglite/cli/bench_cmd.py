@@ -40,6 +40,8 @@ def register(sub):
     p.add_argument("--images", nargs="+", default=None,
                    help="image files or folders for e2e (default: synthetic 640x480 JPEGs)")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
+    p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                   help="e2e: decode + preprocess on the CPU (default) or on the GPU (nvJPEG, needs torchvision)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", "-o", nargs="+", default=[], help="write records to .json and/or .csv files")
     p.add_argument("--plot", default=None, help="write a throughput chart to this PNG (needs matplotlib)")
@@ -52,12 +54,12 @@ def run(args):
 
     images = None
     if args.images:
-        from ..tasks.datasets import list_images
+        from ..data.datasets import list_images
 
         images = [p for src in args.images for p in (list_images(src) if Path(src).is_dir() else [Path(src)])]
     kw = dict(engines=args.engine, precisions=args.precision, batch_sizes=args.batch_sizes, modes=args.mode,
               iters=args.iters, warmup=args.warmup, device=args.device, baseline=args.baseline, images=images,
-              preprocess=args.preprocess, threads=args.threads)
+              preprocess=args.preprocess, threads=args.threads, decode=args.decode)
     if args.spec:
         records = bench_spec(args.spec, vision_layers=args.layers, **kw)
     else:

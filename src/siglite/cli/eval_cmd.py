@@ -79,7 +79,7 @@ def _add_common(p):
 
 def _templates(args):
     from ..pipeline import DEFAULT_TEMPLATE
-    from ..tasks.datasets import read_templates
+    from ..data.datasets import read_templates
 
     return read_templates(args.templates) if args.templates else DEFAULT_TEMPLATE
 
@@ -98,7 +98,7 @@ def _finish(record: dict, args, text: str | None = None) -> None:
 
 
 def run_zeroshot(args):
-    from ..tasks.datasets import read_classification
+    from ..data.datasets import read_classification
     from ..tasks.evaluate import zero_shot
 
     data = read_classification(args.data, args.classnames).subset(args.limit)
@@ -108,7 +108,7 @@ def run_zeroshot(args):
 
 
 def run_retrieval(args):
-    from ..tasks.datasets import read_retrieval
+    from ..data.datasets import read_retrieval
     from ..tasks.evaluate import retrieval
 
     items = read_retrieval(args.data, args.images_root)
@@ -119,7 +119,7 @@ def run_retrieval(args):
 def run_fidelity(args):
     import siglite
 
-    from ..tasks.datasets import list_images, read_classification
+    from ..data.datasets import list_images, read_classification
     from ..tasks.evaluate import fidelity, fidelity_markdown
 
     labels = classnames = None

@@ -5,8 +5,8 @@ from .common import add_format_arg, emit
 
 
 def register(sub):
-    from ..quant.int8 import RECIPES, Target
-    from ..quant.quantize import ENGINES
+    from ..quant.int8 import RECIPES, FidelityTarget
+    from ..tasks.quantize import ENGINES
 
     p = sub.add_parser("quantize", help="INT8 post-training quantization (calibrated, outlier-aware)",
                        description="Quantize the linear layers of both towers to INT8 (per-channel weights, "
@@ -26,9 +26,9 @@ def register(sub):
     p.add_argument("--calib-text", default=None, help="text file, one calibration text per line (default: built-in)")
     p.add_argument("--recipe", choices=list(RECIPES), default="siglite",
                    help="siglite (default); dynamic and naive are the plain conversions, for comparison")
-    p.add_argument("--target", type=float, default=Target.mean,
+    p.add_argument("--target", type=float, default=FidelityTarget.mean,
                    help="cosine mean every output must reach on held-out inputs (default: %(default)s)")
-    p.add_argument("--target-low", type=float, default=Target.low,
+    p.add_argument("--target-low", type=float, default=FidelityTarget.low,
                    help="1%%-low cosine every output must reach (default: %(default)s)")
     p.add_argument("--sensitivity-samples", type=int, default=4,
                    help="held-out images (and texts) per per-layer measurement; 0 measures only when the fully "
@@ -42,13 +42,14 @@ def register(sub):
 def run(args):
     import sys
 
-    from ..quant.int8 import Target
-    from ..quant.quantize import quantize
+    from ..quant.int8 import FidelityTarget
+    from ..tasks.quantize import quantize
 
     if args.num_calib < 1 or args.num_check < 1:
         raise ValueError("--num-calib and --num-check must be at least 1")
     rep = quantize(args.model, args.calib, args.out, engine=args.engine, recipe=args.recipe,
-                   target=Target(args.target, args.target_low), num_calib=args.num_calib, num_check=args.num_check,
+                   target=FidelityTarget(args.target, args.target_low), num_calib=args.num_calib,
+                   num_check=args.num_check,
                    calib_texts=args.calib_text, preprocess=args.preprocess,
                    sensitivity_samples=args.sensitivity_samples, revision=args.revision,
                    progress=lambda line: print(line, file=sys.stderr))

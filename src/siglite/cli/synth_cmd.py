@@ -4,7 +4,7 @@ from .common import add_format_arg, emit
 
 
 def register(sub):
-    from ..tasks.synthetic import CLASSNAMES, DEFAULT_IMAGE_SIZE
+    from ..data.synthetic import CLASSNAMES, DEFAULT_IMAGE_SIZE
 
     p = sub.add_parser("synth", help="write a procedural image-caption dataset of coloured shapes",
                        description=f"Write {len(CLASSNAMES)} classes (colour x shape) of generated images as an "
@@ -23,7 +23,7 @@ def register(sub):
 
 
 def run(args):
-    from ..tasks.synthetic import write_folder
+    from ..data.synthetic import write_folder
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")

@@ -46,3 +46,10 @@ def engine_module(name: str):
     except ImportError as e:
         hint = f" (pip install 'siglite[{extra}]')" if extra else ""
         raise SigliteError(f"engine {name!r} is not available: {e}{hint}") from e
+
+
+def check_pooled(has_pooled: bool, tokens: bool) -> None:
+    """Raise the one error every engine gives when only pooled features are asked of a model without a pooling
+    head (SigLIP with ``vision_use_head: false``): its tokens are all there is."""
+    if not has_pooled and not tokens:
+        raise SigliteError("this checkpoint has no pooling head (vision_use_head is false); use tokens=True")

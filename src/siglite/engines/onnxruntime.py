@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SigliteError
-from ..export import GraphEngine
+from .graph import GraphEngine
 
 try:
     import onnxruntime as ort

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SigliteError
-from ..export import GraphEngine
+from .graph import GraphEngine
 
 try:
     import openvino as ov
@@ -25,7 +25,6 @@ DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 
 class OpenVinoEngine(GraphEngine):
     name = "openvino"
-    format = "openvino"
 
     def __init__(self, folder: str | Path, *, device: str | None = None, dtype: str | None = None,
                  threads: int | None = None):

@@ -5,21 +5,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..dtypes import ALIASES, canonical
 from ..errors import SigliteError
 from ..model import Siglip
+from .base import check_pooled
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """None -> float32; a torch dtype as is; a name or an alias of `siglite.dtypes` ("bf16", "fp16"...)."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise SigliteError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    name = canonical(dtype)
+    if name not in DTYPES:
+        raise SigliteError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} (or an alias: "
+                           f"{', '.join(k for k, v in ALIASES.items() if v in DTYPES)})")
+    return DTYPES[name]
 
 
 class TorchEngine:
@@ -27,7 +31,7 @@ class TorchEngine:
 
     def __init__(self, model: Siglip, device: str | torch.device | None = None, dtype=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = parse_dtype(dtype, self.device)
+        self.dtype = parse_dtype(dtype)
         self.precision = str(self.dtype).removeprefix("torch.")
         self.model = model.to(self.device, self.dtype).eval()
         self.logit_scale = float(model.logit_scale.float().item())
@@ -45,8 +49,7 @@ class TorchEngine:
         vision = self._tower("vision")
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         hidden, pooled = vision(x)
-        if pooled is None and not tokens:
-            raise SigliteError("this checkpoint has no pooling head (vision_use_head is false); use tokens=True")
+        check_pooled(pooled is not None, tokens)
         return (_numpy(pooled) if pooled is not None else None), (_numpy(hidden) if tokens else None)
 
     @torch.inference_mode()

@@ -44,7 +44,7 @@ class Calibration:
 def read_images(spec, limit: int) -> list:
     """Up to `limit` images from a folder, glob, list file, tar shards or parquet (see `siglite embed`), spread
     evenly over the source so that a sorted folder of classes is sampled across classes."""
-    from ..tasks.sources import open_source
+    from ..data.sources import open_source
 
     if isinstance(spec, (list, tuple)):
         items = list(spec)
@@ -62,7 +62,7 @@ def read_texts(spec: str | None, limit: int) -> list[str]:
     if spec is None:
         texts = list(DEFAULT_TEXTS)
     else:
-        from ..tasks.sources import open_source
+        from ..data.sources import open_source
 
         source = open_source(spec, text=True)
         texts = [source.load(item) for item in source.items()]

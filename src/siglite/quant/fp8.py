@@ -5,12 +5,10 @@ The recipe (`RECIPES["dynamic"]`, the default):
 * weights: one scale per output channel, ``amax(|W[n, :]|) / 448``;
 * activations: one scale per token, computed on the fly (``amax(|x[t, :]|) / 448``), or, with
   `RECIPES["static"]`, one calibrated scale per tensor;
-* outliers: SmoothQuant migration (Xiao et al. 2023, https://arxiv.org/abs/2211.10438, eq. 4): the input
-  channels of a linear layer are divided by ``s_j = amax(|X_j|)^a / amax(|W[:, j]|)^(1 - a)`` and its weight
-  columns multiplied by ``s_j``. For qkv and fc1 the division is folded into the LayerNorm before them; for the
-  attention output projection into the V rows of qkv (attention is linear in V, channel by channel). The migration
-  strength ``a`` is measured per layer: the value in `Recipe.alphas` (0 = no migration) with the smallest output
-  error on the calibration activations.
+* outliers: SmoothQuant migration (`siglite.quant.smooth`, shared with INT8: the same layer table, factors and
+  folds into the LayerNorm before qkv and fc1 and into the V rows of qkv for the attention output projection); the
+  strength ``a`` is measured per layer: the value in `Recipe.alphas` (0 = no migration) with the smallest FP8
+  output error on the calibration activations (`siglite.quant.stats`, shared with INT8 too).
 
 On Hopper (and Ada) GPUs the matmul is ``torch._scaled_mm`` on FP8 operands; anywhere else an exact emulation runs the
 same arithmetic: quantize to ``float8_e4m3fn``, dequantize, multiply in float32, round the result to the output dtype,
@@ -21,13 +19,14 @@ GPU tests measure.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .smooth import block_layers, migrate, search_alpha
+from .stats import InputStats, collect
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
@@ -177,41 +176,6 @@ class FP8Linear(nn.Module):
 # -- calibration ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Stats:
-    """Running statistics of one linear layer's input over the calibration set."""
-
-    amax: torch.Tensor | None = None  # (K,) per input channel
-    rows: list = field(default_factory=list)  # sampled input rows, each (m, K) float32, on the model's device
-    kept: int = 0
-
-    def update(self, x: torch.Tensor, gen: torch.Generator) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).float()
-        a = x2.abs().amax(dim=0)
-        self.amax = a if self.amax is None else torch.maximum(self.amax, a)
-        take = min(SAMPLE_ROWS - self.kept, SAMPLE_ROWS // 4)  # spread over the first calibration batches
-        if take > 0:
-            idx = torch.randperm(x2.shape[0], generator=gen)[:take].to(x2.device)
-            self.rows.append(x2[idx])
-            self.kept += len(idx)
-
-
-def collect_input_stats(linears: dict[str, nn.Linear], run, batches) -> dict[str, _Stats]:
-    """Run `run(batch)` for each calibration batch, recording the inputs of `linears` (name -> module)."""
-    stats = {name: _Stats() for name in linears}
-    gen = torch.Generator().manual_seed(0)
-    hooks = [m.register_forward_pre_hook(lambda _m, args, s=stats[n]: s.update(args[0], gen))
-             for n, m in linears.items()]
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                run(batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    return stats
-
-
 def _quant_error(x: torch.Tensor, w: torch.Tensor, recipe: Recipe, act_amax: torch.Tensor | None = None) -> float:
     """Relative squared error of the FP8 product x @ w.T against float32, as `recipe` quantizes it."""
     ref = x @ w.t()
@@ -220,60 +184,14 @@ def _quant_error(x: torch.Tensor, w: torch.Tensor, recipe: Recipe, act_amax: tor
     return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
 
 
-def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SmoothQuant's per-input-channel s_j = amax|X_j|^a / amax|W[:, j]|^(1-a) (eq. 4), clamped away from 0/inf."""
-    w_amax = weight.detach().abs().float().amax(dim=0).clamp_min(1e-5)
-    s = act_amax.float().clamp_min(1e-5).pow(alpha) / w_amax.pow(1 - alpha)
-    return s.clamp(1e-4, 1e4)
-
-
-def choose_alpha(stats: _Stats, weight: torch.Tensor, recipe: Recipe) -> tuple[float, torch.Tensor, dict]:
+def choose_alpha(stats: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[float, torch.Tensor, dict]:
     """Measure each migration strength on the sampled calibration rows; return the best (alpha, s, errors)."""
-    x = torch.cat(stats.rows)  # (<= SAMPLE_ROWS, K), on the device: the search is a few GEMMs per layer
+    x = stats.sample()  # (<= SAMPLE_ROWS, K), on the device: the search is a few GEMMs per layer
     w = weight.detach().float()
     amax = stats.amax
-    errors = {}
-    best = (math.inf, 0.0, torch.ones_like(amax))
-    for alpha in (recipe.alphas if recipe.smooth else (0.0,)):
-        s = smoothing_factors(amax, w, alpha) if alpha else torch.ones_like(amax)
-        err = _quant_error(x / s, w * s, recipe, (amax / s).amax())
-        errors[alpha] = err
-        if err < best[0]:
-            best = (err, alpha, s)
-    return best[1], best[2].to(weight.device), errors
-
-
-# which linear layers are quantized, and where each one's input smoothing is folded: (linear, fold target, kind)
-# "norm": divide a LayerNorm's gain and shift; "v_rows": divide the V output rows of the block's qkv.
-BLOCK_LAYERS = (
-    ("attn.qkv", "ln1", "norm"),
-    ("attn.proj", "attn.qkv", "v_rows"),
-    ("mlp.fc1", "ln2", "norm"),
-    ("mlp.fc2", None, None),  # input is GELU's output: nothing linear to fold into
-)
-
-
-@torch.no_grad()
-def migrate(block: nn.Module, layer: str, s: torch.Tensor) -> None:
-    """Divide the input channels of `block.<layer>` by `s` where they are produced and multiply the layer's weight
-    columns by `s`: the block computes the same function, with the layer's input outliers moved into its weights.
-
-    Args:
-        block: a transformer `Block`.
-        layer: a name from `BLOCK_LAYERS` that has a fold target ("attn.qkv", "attn.proj", "mlp.fc1").
-        s: (K,) positive factors, one per input channel.
-    """
-    target_name, kind = next((t, k) for n, t, k in BLOCK_LAYERS if n == layer and t is not None)
-    target, linear = block.get_submodule(target_name), block.get_submodule(layer)
-    s = s.to(linear.weight.device, linear.weight.dtype)
-    if kind == "norm":
-        target.weight.div_(s)
-        target.bias.div_(s)
-    else:  # v_rows: qkv's output is [q | k | v], each D wide
-        D = s.numel()
-        target.weight[2 * D:].div_(s[:, None])
-        target.bias[2 * D:].div_(s)
-    linear.weight.mul_(s)
+    alpha, s, errors = search_alpha(amax, w, recipe.alphas if recipe.smooth else (),
+                                    lambda s: _quant_error(x / s, w * s, recipe, (amax / s).amax()))
+    return alpha, s.to(weight.device), errors
 
 
 @torch.no_grad()
@@ -295,31 +213,33 @@ def quantize_vision(vision: nn.Module, calib: torch.Tensor, recipe: Recipe | str
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     dev = next(vision.parameters()).device
-    targets = {f"blocks.{i}.{name}": block.get_submodule(name) for i, block in enumerate(vision.blocks)
-               for name, _, _ in BLOCK_LAYERS}
+    layers = block_layers(vision)
     batches = [calib[i:i + batch_size].to(dev, torch.float32) for i in range(0, len(calib), batch_size)]
-    stats = collect_input_stats(targets, vision, batches)
+
+    def run():
+        with torch.inference_mode():
+            for batch in batches:
+                vision(batch)
+
+    stats = collect({name: vision.get_submodule(name) for name, _, _ in layers}, run, sample_rows=SAMPLE_ROWS,
+                    per_batch=SAMPLE_ROWS // 4)
     records = []
-    for i, block in enumerate(vision.blocks):
-        for name, fold_into, _ in BLOCK_LAYERS:
-            key = f"blocks.{i}.{name}"
-            linear = block.get_submodule(name)
-            st = stats[key]
-            alpha, s, errors = choose_alpha(st, linear.weight, recipe if fold_into else _no_smoothing(recipe))
-            if alpha:
-                migrate(block, name, s)
-            st.amax = st.amax / s.to(st.amax.device)  # the static scale must see the smoothed input
-            records.append({"layer": key, "alpha": alpha, "errors": errors, "input_amax": float(st.amax.amax())})
+    for name, fold, kind in layers:
+        st = stats[name]
+        alpha, s, errors = choose_alpha(st, vision.get_submodule(name).weight,
+                                        recipe if fold else _no_smoothing(recipe))
+        if alpha:
+            migrate(vision, name, fold, kind, s)
+        st.scale(s)  # the static scale must see the smoothed input
+        records.append({"layer": name, "alpha": alpha, "errors": errors, "input_amax": float(st.amax.amax())})
     # Replace only after every fold: a fold into qkv's V rows must land before qkv is quantized.
-    for i, block in enumerate(vision.blocks):
-        for name, _, _ in BLOCK_LAYERS:
-            key = f"blocks.{i}.{name}"
-            parent_name, _, attr = name.rpartition(".")
-            parent = block.get_submodule(parent_name)
-            act_scale = (stats[key].amax.amax() / E4M3_MAX).clamp_min(MIN_AMAX) if recipe.activations == "static" \
-                else None
-            setattr(parent, attr, FP8Linear.from_linear(getattr(parent, attr), recipe, act_scale=act_scale,
-                                                        out_dtype=out_dtype, backend=backend))
+    for name, _, _ in layers:
+        parent_name, _, attr = name.rpartition(".")
+        parent = vision.get_submodule(parent_name)
+        act_scale = (stats[name].amax.amax() / E4M3_MAX).clamp_min(MIN_AMAX) if recipe.activations == "static" \
+            else None
+        setattr(parent, attr, FP8Linear.from_linear(getattr(parent, attr), recipe, act_scale=act_scale,
+                                                    out_dtype=out_dtype, backend=backend))
     return records
 
 
@@ -337,12 +257,3 @@ def synthetic_pixels(n: int, size: int | tuple[int, int], *, seed: int = 0) -> t
         noise = torch.rand(n, 3, cells, cells, generator=gen) * 2 - 1
         img += weight * F.interpolate(noise, size=(H, W), mode="bilinear", align_corners=False)
     return img.clamp(-1, 1)
-
-
-def cosine_stats(ref: np.ndarray | torch.Tensor, test: np.ndarray | torch.Tensor) -> dict:
-    """Per-sample cosine similarity of flattened outputs (N, ...) as the seed's fidelity table reports it:
-    mean, min, max and 1%-low (the 1st percentile)."""
-    a, b = (torch.as_tensor(t).detach().cpu().double().reshape(len(t), -1) for t in (ref, test))
-    cos = F.cosine_similarity(a, b, dim=1).numpy()
-    return {"mean": float(cos.mean()), "min": float(cos.min()), "max": float(cos.max()),
-            "p1": float(np.percentile(cos, 1))}

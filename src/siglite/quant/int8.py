@@ -4,8 +4,8 @@ The recipe (`RECIPES["siglite"]`, the default) quantizes the matmuls of every li
 and keeps everything else in float32 (patch embedding, LayerNorms, attention's softmax and its two activation
 matmuls, GELU, residual adds, the pooling head's probe):
 
-* weights: symmetric INT8 storage limited to +-63, one scale per output channel (see `Recipe.weight_max`: full
-  +-127 overflows ONNX Runtime's AVX2 kernel on CPUs without VNNI);
+* weights: symmetric INT8, one scale per output channel, full +-127 where the CPU accumulates u8*s8 products exactly
+  (VNNI, AMX) and +-63 where it can saturate (AVX2 only; `isa`, `Recipe.weight_max`);
 * activations: asymmetric UINT8, one scale per tensor computed at run time from its min/max (ONNX
   ``DynamicQuantizeLinear``; ONNX Runtime fuses it with the integer matmul into ``DynamicQuantizeMatMul``);
 * outliers: SmoothQuant migration (`smooth`), strength chosen per layer among `Recipe.alphas` by the measured
@@ -21,18 +21,19 @@ same round-half-to-even, same saturation. The exported model is then measured ag
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SigliteError
-from .smooth import migrate, smoothing_factors, tower_layers
+from ..metrics import cosine_summary
+from .isa import CpuIsa, detect
+from .smooth import migrate, search_alpha, tower_layers
+from .stats import InputStats, collect
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +48,27 @@ class Recipe:
     Attributes:
         weights: "channel" (one scale per output channel) or "tensor" (one per matrix).
         activations: "dynamic" (per-tensor min/max at run time) or "static" (per-tensor min/max from calibration).
-        weight_max: largest weight magnitude. 63 (7 bits, the default) rules out the int16 overflow of AVX2's
-            VPMADDUBSW, which ONNX Runtime's u8*s8 kernel uses on CPUs without VNNI (two products summed into
-            int16: 2 * 255 * 127 > 32767). Measured on an AVX2 EPYC: full 127 drops a tiny model's pooled cosine
-            from 0.9998 (simulated) to 0.95 in the runtime; 63 gives the simulated value. 127 is exact only on
-            VNNI/AMX CPUs, and a model is not tied to the CPU it was quantized on.
+        weight_max: largest weight magnitude; None (the default): chosen for the CPU by `isa.detect` when the
+            recipe is used (`resolved`): 127 (8 bits) where u8*s8 products accumulate exactly (VNNI, AMX, ARM
+            dot product), 63 (7 bits) on AVX2-only CPUs, whose VPMADDUBSW sums two products into a saturating int16
+            (2 * 255 * 127 > 32767; measured on an AVX2 EPYC: 127 drops a tiny model's pooled cosine from 0.9998
+            simulated to 0.95 in the runtime, 63 gives the simulated value). Engines warn when a model with 8-bit
+            weights is served on a CPU that saturates.
         alphas: SmoothQuant strengths tried per layer (empty: no migration).
         sensitivity: run the per-layer sensitivity pass and fall back to float32 where needed.
     """
 
     weights: str = "channel"
     activations: str = "dynamic"
-    weight_max: int = 63
+    weight_max: int | None = None
     alphas: tuple[float, ...] = (0.0, 0.3, 0.5, 0.65, 0.8)
     sensitivity: bool = True
+
+    def resolved(self, isa: CpuIsa | None = None) -> Recipe:
+        """This recipe with the weight range chosen for `isa` (default: this CPU, `isa.detect`) when it is None."""
+        if self.weight_max is not None:
+            return self
+        return dataclasses.replace(self, weight_max=(isa or detect()).weight_max)
 
 
 RECIPES = {
@@ -73,7 +81,7 @@ RECIPES = {
 
 
 @dataclass(frozen=True)
-class Target:
+class FidelityTarget:
     """The fidelity the sensitivity pass keeps layers in float32 for: every tracked output (vision
     last_hidden_state and pooler_output, text pooler_output) must reach a per-sample cosine `mean` and a
     1st-percentile (`low`) on the held-out calibration inputs. The defaults sit above the issue's bar
@@ -128,6 +136,7 @@ class SimLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None):
         super().__init__()
+        recipe = recipe.resolved()
         self.linear = linear
         q, s = quantize_weight(linear.weight, recipe.weights, recipe.weight_max)
         self.register_buffer("w_deq", q.float() * s[:, None])
@@ -141,48 +150,7 @@ class SimLinear(nn.Module):
         return F.linear(fake_quant_act(x, lo, hi), self.w_deq, self.linear.bias)
 
 
-# -- calibration statistics -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class InputStats:
-    """A linear layer's input over the calibration set: per-channel min/max/amax and a row sample."""
-
-    lo: torch.Tensor | None = None  # (K,)
-    hi: torch.Tensor | None = None
-    rows: list = field(default_factory=list)
-    kept: int = 0
-
-    def update(self, x: torch.Tensor, gen: torch.Generator) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).float()
-        lo, hi = x2.amin(0), x2.amax(0)
-        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
-        take = min(SAMPLE_ROWS - self.kept, max(SAMPLE_ROWS // 8, 1))  # spread over the first batches
-        if take > 0:
-            self.rows.append(x2[torch.randperm(x2.shape[0], generator=gen)[:take]].clone())
-            self.kept += min(take, x2.shape[0])
-
-    @property
-    def amax(self) -> torch.Tensor:
-        return torch.maximum(self.hi.abs(), self.lo.abs())
-
-
-def collect_stats(model: nn.Module, names: list[str], run_batches) -> dict[str, InputStats]:
-    """Record the inputs of the named linear layers while `run_batches()` runs the calibration set."""
-    stats = {n: InputStats() for n in names}
-    gen = torch.Generator().manual_seed(0)
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda _m, args, s=stats[n]: s.update(args[0], gen))
-             for n in names]
-    try:
-        run_batches()
-    finally:
-        for h in hooks:
-            h.remove()
-    missing = [n for n, s in stats.items() if s.lo is None]
-    if missing:
-        raise SigliteError(f"calibration never reached layer(s) {', '.join(missing[:3])}")
-    return stats
+# -- migration strength -----------------------------------------------------------------------------------------------
 
 
 def layer_error(x: torch.Tensor, weight: torch.Tensor, recipe: Recipe, lo=None, hi=None,
@@ -196,27 +164,18 @@ def layer_error(x: torch.Tensor, weight: torch.Tensor, recipe: Recipe, lo=None, 
 
 def choose_alpha(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[float, torch.Tensor, dict]:
     """Try each migration strength on the sampled rows; returns (best alpha, its factors, error per alpha)."""
-    x, w = torch.cat(st.rows), weight.detach().float()
+    x, w = st.sample(), weight.detach().float()
     ref = x @ w.t()  # migration leaves the float product unchanged
-    errors, best = {}, (math.inf, 0.0, torch.ones_like(st.amax))
-    for alpha in (0.0, *[a for a in recipe.alphas if a]):
-        s = smoothing_factors(st.amax, w, alpha) if alpha else torch.ones_like(st.amax)
-        static = recipe.activations == "static"
+    static = recipe.activations == "static"
+
+    def error(s: torch.Tensor) -> float:
         lo, hi = ((st.lo / s).min(), (st.hi / s).max()) if static else (None, None)
-        errors[alpha] = err = layer_error(x / s, w * s, recipe, lo, hi, ref)
-        if err < best[0]:
-            best = (err, alpha, s)
-    return best[1], best[2], errors
+        return layer_error(x / s, w * s, recipe, lo, hi, ref)
+
+    return search_alpha(st.amax, w, recipe.alphas, error)
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------------------
-
-
-def cosine_summary(ref: torch.Tensor | np.ndarray, test: torch.Tensor | np.ndarray) -> dict:
-    """Per-sample cosine of flattened outputs, summarised as `tasks.evaluate.summarize` does (mean, min, p1...)."""
-    from ..tasks.evaluate import cosine_rows, summarize
-
-    return summarize(cosine_rows(np.asarray(ref), np.asarray(test)))
 
 
 class Probe:
@@ -268,7 +227,7 @@ class Plan:
 
     model: nn.Module  # float32, outliers migrated (same function as the source model)
     recipe: Recipe
-    target: Target
+    target: FidelityTarget
     layers: list[LayerPlan]
     fidelity: dict  # simulated: {"all_quantized": ..., "final": ...}
     timings: dict
@@ -290,8 +249,8 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor | None, torch.T
 
 
 @torch.no_grad()
-def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite", target: Target | None = None,
-         *, sensitivity_samples: int = 4, progress=None) -> Plan:
+def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite",
+         target: FidelityTarget | None = None, *, sensitivity_samples: int = 4, progress=None) -> Plan:
     """Calibrate, migrate outliers and choose which layers run in INT8.
 
     Args:
@@ -304,8 +263,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
             unless the fully quantized model misses the target.
         progress: optional callable(str) for progress lines.
     """
-    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
-    target = target or Target()
+    recipe = (RECIPES[recipe] if isinstance(recipe, str) else recipe).resolved()
+    target = target or FidelityTarget()
     say = progress or log.info
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -323,7 +282,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
                 model.text(fit_ids[i:i + BATCH], fit_mask[i:i + BATCH] if fit_mask is not None else None)
 
     say(f"calibrating {len(layers)} linear layers on {calibration.describe()}")
-    stats = collect_stats(model, [n for n, _, _ in layers], run_fit)
+    stats = collect({n: model.get_submodule(n) for n, _, _ in layers}, run_fit, sample_rows=SAMPLE_ROWS,
+                    per_batch=SAMPLE_ROWS // 8)
     times["statistics"] = time.perf_counter() - t0
 
     # Migrate in execution order; a fold into qkv's V rows scales whole output rows, which per-channel weight
@@ -336,7 +296,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         alpha, s, errors = choose_alpha(st, linear.weight, recipe if fold else _no_migration(recipe))
         if alpha:
             migrate(model, name, fold, kind, s)
-        st.lo, st.hi = st.lo / s, st.hi / s  # the layer's input after migration
+        st.scale(s)  # the layer's input after migration
         act_range = (float(st.lo.min()), float(st.hi.max())) if recipe.activations == "static" else None
         plans.append(LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, act_range))
     times["migration"] = time.perf_counter() - t1
@@ -397,7 +357,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
 
 
 def _no_migration(recipe: Recipe) -> Recipe:
-    return Recipe(recipe.weights, recipe.activations, recipe.weight_max, (), recipe.sensitivity)
+    return dataclasses.replace(recipe, alphas=())
 
 
 def _brief(fid: dict[str, dict]) -> str:

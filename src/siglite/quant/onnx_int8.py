@@ -38,6 +38,7 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
     """
     from onnx import TensorProto, helper, numpy_helper
 
+    recipe = recipe.resolved()
     by_value = {_key(w.detach().float().t().numpy()): name for name, w in weights.items()}
     g = graph_model.graph
     inits = {t.name: t for t in g.initializer}

@@ -47,6 +47,7 @@ def markdown(report: dict) -> str:
         f"| weights | symmetric INT8 (max {recipe['weight_max']}), one scale per "
         f"{'output channel' if recipe['weights'] == 'channel' else 'matrix'} |",
         f"| activations | asymmetric UINT8, one {recipe['activations']} scale per tensor |",
+        *([_isa(r["cpu_isa"])] if "cpu_isa" in r else []),
         f"| SmoothQuant alphas tried per layer | {', '.join(map(str, recipe['alphas'])) or 'none (no migration)'} |",
         f"| sensitivity pass | {'yes' if recipe['sensitivity'] else 'no'} |",
         f"| fidelity target (held-out calibration) | cosine mean >= {target['mean']}, 1%-low >= {target['low']} |",
@@ -94,3 +95,10 @@ def _mean(s: dict | None) -> str:
 def _calib(c: dict) -> str:
     return (f"{c['fit_images']} images + {c['fit_texts']} texts fit, {c['check_images']} images + "
             f"{c['check_texts']} texts held out, {c['skipped_images']} images skipped, preprocess {c['preprocess']}")
+
+
+def _isa(isa: dict) -> str:
+    how = "forced by SIGLITE_CPU_ISA" if isa["forced"] else "detected"
+    exact = ("accumulates u8*s8 exactly: 8-bit weights" if isa["exact"]
+             else "can saturate u8*s8 pair sums: 7-bit weights")
+    return f"| CPU instruction set | {isa['name']} ({how}); {exact}; used max {isa['weight_max_used']} |"

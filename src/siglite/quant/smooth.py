@@ -18,6 +18,9 @@ probe alone (a constant) and is never quantized.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
@@ -62,6 +65,11 @@ def _find(module: nn.Module, name: str) -> nn.Module | None:
         return module.get_submodule(name)
     except AttributeError:
         return None
+def block_layers(tower: nn.Module) -> list[tuple[str, str | None, str | None]]:
+    """The quantizable linear layers of a tower's transformer blocks only, names relative to the tower
+    (``blocks.0.attn.qkv``), in execution order (the FP8 recipe quantizes these)."""
+    return [(f"blocks.{i}.{n}", f"blocks.{i}.{t}" if t else None, k) for i in range(len(tower.blocks))
+            for n, t, k in BLOCK_LAYERS]
 
 
 def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -87,3 +95,25 @@ def migrate(model: nn.Module, layer: str, target: str, kind: str, s: torch.Tenso
     else:
         raise ValueError(f"{layer}: unknown fold kind {kind!r}")
     linear.weight.mul_(s)
+
+
+def search_alpha(act_amax: torch.Tensor, weight: torch.Tensor, alphas: Sequence[float],
+                 error: Callable[[torch.Tensor], float]) -> tuple[float, torch.Tensor, dict]:
+    """Measure each migration strength and keep the best: alpha 0 (no migration) first, then the non-zero `alphas`.
+
+    Args:
+        act_amax: (K,) per-channel input amax.
+        weight: (N, K) weight.
+        alphas: strengths to try besides 0.
+        error: factors s (K,) -> the recipe's error of the layer's quantized product with input / s, weight * s.
+
+    Returns:
+        (best alpha, its factors (ones for 0), {alpha: error}).
+    """
+    errors, best = {}, (math.inf, 0.0, torch.ones_like(act_amax))
+    for alpha in (0.0, *[a for a in alphas if a]):
+        s = smoothing_factors(act_amax, weight, alpha) if alpha else torch.ones_like(act_amax)
+        errors[alpha] = err = error(s)
+        if err < best[0]:
+            best = (err, alpha, s)
+    return best[1], best[2], errors

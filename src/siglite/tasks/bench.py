@@ -67,16 +67,27 @@ def _is_cuda(device) -> bool:
 
 
 def siglite_target(folder: str | Path, engine: str = "torch", precision: str | None = None,
-                   device: str | None = None, preprocess: str = "resize") -> Target:
-    """A siglite engine loaded from `folder`."""
+                   device: str | None = None, preprocess: str = "resize", decode: str = "cpu") -> Target:
+    """A siglite engine loaded from `folder`; e2e decodes on the CPU, or with ``decode="gpu"`` through
+    `siglite.preprocess.gpu` (nvJPEG; the cuda engine takes its device tensors as they are)."""
     import siglite
 
     model = siglite.load(folder, engine=engine, device=device, dtype=precision)
     eng = model.engine
     dev = str(getattr(eng, "device", device or "cpu"))
+    if decode not in ("cpu", "gpu"):
+        raise SigliteError(f"unknown decode {decode!r}; choose cpu or gpu")
+
+    def run_images(imgs):
+        if decode == "cpu":
+            return model.image_features(imgs, preprocess=preprocess, batch_size=len(imgs))
+        from ..preprocess.gpu import decode_batch_gpu
+
+        px = decode_batch_gpu(imgs, model.image_config, preprocess, device=dev if _is_cuda(dev) else "cpu")[0]
+        return eng.encode_image(px if eng.name == "cuda" else px.cpu().numpy())[0]
+
     return Target(engine=eng.name, precision=eng.precision, device=dev,
-                  run_pixels=lambda px: eng.encode_image(px),
-                  run_images=lambda imgs: model.image_features(imgs, preprocess=preprocess, batch_size=len(imgs)))
+                  run_pixels=lambda px: eng.encode_image(px), run_images=run_images)
 
 
 def transformers_target(folder: str | Path, precision: str | None = None, device: str | None = None) -> Target:
@@ -94,7 +105,7 @@ def transformers_target(folder: str | Path, precision: str | None = None, device
     from ..engines.torch import parse_dtype
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = parse_dtype(precision, dev)
+    dtype = parse_dtype(precision)
     model = SiglipVisionModel.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype).to(dev).eval()
     processor = AutoImageProcessor.from_pretrained(str(folder))
 
@@ -256,7 +267,7 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
           batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = ("model",), iters: int = 20,
           warmup: int = 3, device: str | None = None, baseline: str | None = None, images: Sequence | None = None,
           preprocess: str = "resize", threads: int | None = None, label: str | None = None,
-          skip_unavailable: bool = False) -> list[dict]:
+          skip_unavailable: bool = False, decode: str = "cpu") -> list[dict]:
     """Benchmark the vision tower of the checkpoint in `folder`.
 
     Args:
@@ -274,6 +285,7 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
         threads: torch CPU threads (default: torch's choice); recorded in every record.
         label: The model name to put in records (default: the folder).
         skip_unavailable: Log and skip engine/precision pairs that cannot load instead of raising.
+        decode: siglite's e2e decode: "cpu" (`preprocess.image`) or "gpu" (`preprocess.gpu`, nvJPEG).
 
     Returns:
         One flat record per target x mode x batch size.
@@ -295,7 +307,7 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
     images = list(images)[:max(batch_sizes)] if images else synthetic_images(min(max(batch_sizes), 32))
     pixels, _, _ = preprocess_batch(images, cfg, preprocess)  # the same pixels for every target
 
-    makers = [(e, p, lambda e=e, p=p: siglite_target(folder, e, p, device, preprocess))
+    makers = [(e, p, lambda e=e, p=p: siglite_target(folder, e, p, device, preprocess, decode))
               for e in engines for p in precisions]
     if baseline == "transformers":
         makers += [("transformers", p, lambda p=p: transformers_target(folder, p, device)) for p in precisions]
@@ -311,6 +323,8 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
         for mode in modes:
             for bs in batch_sizes:
                 rec = measure(target, mode, bs, pixels=pixels, images=images, iters=iters, warmup=warmup)
+                if mode == "e2e" and target.engine != "transformers":
+                    rec["decode"] = decode
                 records.append({"model": label or str(folder), "image_size": f"{cfg.height}x{cfg.width}",
                                 **rec, "threads": torch.get_num_threads() if not _is_cuda(target.device) else None})
                 log.info("%s", records[-1])

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import ImageError, SigliteError
 from ..preprocess.image import PREPROCESS, ImageConfig, decode
-from .sources import Item, Source, items_digest, open_source, require_pyarrow
+from ..data.sources import Item, Source, items_digest, open_source, require_pyarrow
 
 if TYPE_CHECKING:
     from ..pipeline import Model

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import SigliteError
 from .embed import EmbedConfig, OutputDir, Shard, make_step, run_shards
-from .sources import Source
+from ..data.sources import Source
 
 
 def _ray():

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import SigliteError
 from .embed import DONE_DIR, EMB_DIRS, MANIFEST, METADATA_DIR, model_fingerprint
-from .sources import require_pyarrow
+from ..data.sources import require_pyarrow
 
 if TYPE_CHECKING:
     from ..pipeline import Model

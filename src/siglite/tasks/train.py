@@ -147,7 +147,7 @@ def load_pairs(path: str | Path) -> list[Pair]:
     from classnames.txt when present, else the folder names with "_" as spaces) and each image gets captions made
     from its class name by FOLDER_TEMPLATES.
     """
-    from .datasets import read_captions_jsonl, read_classnames, read_image_folder
+    from ..data.datasets import read_captions_jsonl, read_classnames, read_image_folder
 
     path = Path(path)
     if path.is_dir() and not (path / CAPTIONS_JSONL).is_file():

@@ -29,10 +29,11 @@ from typing import Any
 
 from ..errors import ImageError, SigliteError
 
-# Extensions collected from a folder; formats PIL cannot read (HEIC without a plugin, ...) are still collected so that
-# they are reported in errors.jsonl instead of disappearing silently.
-IMAGE_EXTS = ("jpg", "jpeg", "jpe", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm", "pnm", "jp2",
-              "j2k", "avif", "heic", "heif", "ico", "tga")
+# The one list of image file extensions, for every folder reader (`embed` sources, calibration, evaluation sets): the
+# union of what embed and the dataset readers listed before (jfif came from the latter). Formats PIL cannot read
+# (HEIC without a plugin, ...) are still collected so that they are reported as failures instead of disappearing.
+IMAGE_EXTS = ("jpg", "jpeg", "jpe", "jfif", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm", "pnm",
+              "jp2", "j2k", "avif", "heic", "heif", "ico", "tga")
 # Column names tried, in order, when a parquet file's column is not given.
 PARQUET_BYTES_COLUMNS = ("image", "jpg", "png", "webp", "bytes", "image_bytes", "img", "content")
 PARQUET_PATH_COLUMNS = ("image_path", "path", "filepath", "file_path", "file", "filename", "url")

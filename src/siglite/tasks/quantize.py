@@ -1,5 +1,8 @@
 """`siglite quantize`: checkpoint + calibration images -> an INT8 exported folder that `siglite.load` serves, with a
-report of what was quantized and the fidelity reached (measured again in the runtime that serves it)."""
+report of what was quantized and the fidelity reached (measured again in the runtime that serves it).
+
+The orchestration of the pure transforms in `siglite.quant` (calibration data, plan, graph rewrite, report) with
+loading, export and serving, which sit above them."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SigliteError
-from . import report as report_mod
-from .calib import Calibration, prepare
-from .int8 import BATCH, RECIPES, Plan, Recipe, Target, cosine_summary, plan
+from ..metrics import cosine_summary
+from ..quant import report as report_mod
+from ..quant.calib import Calibration, prepare
+from ..quant.int8 import BATCH, RECIPES, FidelityTarget, Plan, Recipe, plan
+from ..quant.isa import detect
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +25,7 @@ ENGINES = ("onnxruntime", "openvino")  # runtimes that execute the INT8 ONNX gra
 
 
 def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxruntime",
-             recipe: str | Recipe = "siglite", target: Target | None = None, num_calib: int = 256,
+             recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 256,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
              sensitivity_samples: int = 4, revision: str | None = None, allow_pickle: bool = False,
              progress=None) -> dict:
@@ -76,8 +81,9 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     write_int8_graphs(p, out, graphs["files"])
     t_export = time.perf_counter() - t1
     kept = [lp.name for lp in p.layers if not lp.quantized]
+    isa = detect()
     summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
-               "report": report_mod.REPORT_JSON}
+               "weight_max": p.recipe.weight_max, "cpu_isa": isa.name, "report": report_mod.REPORT_JSON}
     sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
                             quantization=summary)
     sidecar.engine = engine
@@ -96,6 +102,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
            "recipe_name": recipe_name, "recipe": info["recipe"], "target": info["target"],
            "calibration": {**cal.describe(), "preprocess": preprocess, "failures": cal.failures[:20]},
            "layers": info["layers"], "float32_layers": kept,
+           "cpu_isa": {**isa.to_dict(), "weight_max_used": p.recipe.weight_max},
            "fidelity": {"simulated": info["fidelity_simulated"], "runtime": runtime},
            "timings_s": {"read_calibration": t_read, **info["timings_s"], "export": t_export,
                          "runtime_check": time.perf_counter() - t2, "total": time.perf_counter() - t0}}
@@ -107,7 +114,7 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
     """Rewrite the exported float32 graphs of the migrated model: the plan's INT8 layers become integer matmuls."""
     import onnx
 
-    from .onnx_int8 import quantize_graph
+    from ..quant.onnx_int8 import quantize_graph
 
     for tower, name in files.items():
         path = out / name

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SigliteError
+from ..jsonio import read_json
+from .sources import has_image_ext
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-                            ".pbm", ".pnm", ".jfif"})
 CIFAR_TEST, CIFAR_META = "test", "meta"
 CIFAR_SIDE = 32
 
@@ -46,15 +46,6 @@ class LabelledImages:
 # -- class names and templates ----------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SigliteError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SigliteError(f"{path}: not valid JSON ({e})") from None
-
-
 def read_classnames(path: str | Path) -> list[str] | dict[str, str]:
     """Class names from a file: one per line (blank lines skipped), a JSON list, or a JSON dict.
 
@@ -63,7 +54,7 @@ def read_classnames(path: str | Path) -> list[str] | dict[str, str]:
     """
     path = Path(path)
     if path.suffix.lower() == ".json":
-        data = _read_json(path)
+        data = read_json(path, error=SigliteError)
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))
         if isinstance(data, list) and all(isinstance(c, str) for c in data):
@@ -85,7 +76,7 @@ def read_templates(path: str | Path, key: str | None = None) -> list[str]:
     """Prompt templates from a JSON list (CLIP_benchmark style, ``"a photo of a {c}."``), or from a dict of
     dataset -> list picked by `key` (the only entry when `key` is None)."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path, error=SigliteError)
     if isinstance(data, dict):
         if key is None and len(data) == 1:
             key = next(iter(data))
@@ -122,7 +113,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise SigliteError(f"{folder}: not a folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.is_file() and has_image_ext(p.name)
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
@@ -265,7 +256,7 @@ def read_coco_captions(path: str | Path, images_root: str | Path | None = None) 
     `read_captions_jsonl`, in the order of ``images``."""
     path = Path(path)
     root = Path(images_root) if images_root else path.parent
-    data = _read_json(path)
+    data = read_json(path, error=SigliteError)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise SigliteError(f"{path}: field 'images' (a list) is missing; not a COCO captions file")
     if not isinstance(data.get("annotations"), list):

@@ -1,0 +1,90 @@
+"""The base of the engines that serve exported graphs (ONNX Runtime, OpenVINO): sidecar, feeds, output selection.
+
+Graphs (dynamic batch, float32 in and out), as `siglite.export` writes them:
+
+* vision: ``pixel_values`` (N, 3, H, W) -> ``last_hidden_state`` (N, T, D), ``pooler_output`` (N, D);
+* text: ``input_ids`` (N, L) int64, ``attention_mask`` (N, L) int64 -> ``pooler_output`` (N, P). The mask is
+  always an input; the engine feeds ones when the tokenizer returns none (the same function: no key is masked).
+
+An engine only serves a folder that is already exported: it never runs an export itself (``siglite.load`` does that,
+once and cached, when asked for a graph engine on a plain checkpoint).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import read_sidecar
+from ..dtypes import canonical
+from ..errors import SigliteError
+from ..quant.isa import SAFE_WEIGHT_MAX, detect
+from .base import check_pooled
+
+INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
+
+
+class GraphEngine:
+    """The part of an engine for exported graphs that does not depend on the runtime.
+
+    Subclasses load each tower's graph in `_load(path)` and run it in `_run(tower, feeds, outputs)`.
+
+    Args:
+        folder: an exported or quantized folder (with ``siglite.json``).
+        dtype: optional; must name the precision the folder was exported in (it is fixed at export time).
+    """
+
+    name = "graph"
+
+    def __init__(self, folder: str | Path, *, dtype: str | None = None):
+        self.folder = Path(folder)
+        self.sidecar = read_sidecar(self.folder)
+        if dtype is not None and canonical(dtype) != self.sidecar.precision:
+            raise SigliteError(f"{self.folder}: exported in {self.sidecar.precision}; its precision is fixed at "
+                               f"export time (asked for {dtype})")
+        self.precision = self.sidecar.precision
+        _check_weight_range(self.folder, self.sidecar.quantization)
+        self.logit_scale = self.sidecar.logit_scale
+        self.logit_bias = self.sidecar.logit_bias
+        self.logit_kind = self.sidecar.logits
+        self.graphs = {tower: self._load(self.folder / name) for tower, name in self.sidecar.files.items()}
+
+    def _load(self, path: Path):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self, tower: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _tower(self, tower: str) -> None:
+        if tower not in self.graphs:
+            raise SigliteError(f"{self.folder}: this export has no {tower} tower")
+
+    def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+        self._tower("vision")
+        has_pooled = "pooler_output" in self.sidecar.outputs["vision"]
+        check_pooled(has_pooled, tokens)
+        wanted = (["pooler_output"] if has_pooled else []) + (["last_hidden_state"] if tokens else [])
+        got = dict(zip(wanted, self._run("vision", {"pixel_values": np.ascontiguousarray(pixels, np.float32)},
+                                         wanted)))
+        return got.get("pooler_output"), got.get("last_hidden_state")
+
+    def encode_text(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        self._tower("text")
+        ids = np.ascontiguousarray(ids, np.int64)
+        mask = np.ones_like(ids) if mask is None else np.ascontiguousarray(mask, np.int64)
+        return self._run("text", {"input_ids": ids, "attention_mask": mask}, ["pooler_output"])[0]
+
+
+def _check_weight_range(folder: Path, quantization: dict | None) -> None:
+    """Warn when INT8 weights use the full 8-bit range on a CPU whose u8*s8 kernels can saturate (see
+    `siglite.quant.isa`): the results are then not what the quantization measured."""
+    wmax = (quantization or {}).get("weight_max")
+    if wmax is None or wmax <= SAFE_WEIGHT_MAX:
+        return
+    isa = detect()
+    if not isa.exact:
+        warnings.warn(f"{folder}: INT8 weights use the full 8-bit range (quantized for {quantization.get('cpu_isa')}), "
+                      f"but this CPU ({isa.name}) can saturate u8*s8 pair sums, so accuracy drops; quantize again on "
+                      f"this CPU (or with SIGLITE_CPU_ISA={isa.name}) for 7-bit weights", stacklevel=3)
