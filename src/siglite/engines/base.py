@@ -45,3 +45,23 @@ def engine_module(name: str):
     except ImportError as e:
         hint = f" (pip install 'siglite[{extra}]')" if extra else ""
         raise SigliteError(f"engine {name!r} is not available: {e}{hint}") from e
+
+
+def check_device(device: str | None) -> None:
+    """Raises a one-line `SigliteError` for a device torch cannot use here (an unknown name such as "gpu", CUDA on a
+    build or machine without it, a GPU index past the last one), instead of torch's AssertionError deep in a load."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        hint = "; did you mean 'cuda'?" if str(device).lower() in ("gpu", "nvidia") else ""
+        raise SigliteError(f"unknown device {device!r} (cpu, cuda, cuda:N, mps){hint}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise SigliteError(f"device {device!r}: {why} (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SigliteError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import string
@@ -160,7 +161,7 @@ def load_pairs(path: str | Path) -> list[Pair]:
         path = path / CAPTIONS_JSONL
     items = read_captions_jsonl(path)
     # the reader keeps image and captions only; "label" is read here from the same non-blank lines
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     return [Pair(item["image"], item["captions"], row.get("label")) for item, row in zip(items, rows)]
 
 
@@ -335,7 +336,8 @@ def match_labels(captions: torch.Tensor, classes: torch.Tensor | None, positives
 def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | None = None, arch: Arch | None = None,
           steps: int = 1000, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.05,
           warmup: int | None = None, seed: int = 0, positives: str = "label", log_every: int = 50,
-          callback: Callable[[dict, torch.nn.Module], None] | None = None) -> TrainResult:
+          callback: Callable[[dict, torch.nn.Module], None] | None = None, overwrite: bool = False,
+          save_every: int | None = None, progress: Callable[[int], None] | None = None) -> TrainResult:
     """Train a SigLIP with the sigmoid loss and save it in the hub layout.
 
     Args:
@@ -357,21 +359,37 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
         log_every: record (and log) loss, learning rate, t and b every this many steps.
         callback: called as callback(record, model) at every logged step, e.g. to evaluate on held-out data (the
             model is in training mode; switch to eval and back, and use no_grad).
+        overwrite: replace a model already in `out` (refused by default; only a folder holding a model or a
+            training.json is ever replaced).
+        save_every: write the model to `out` every this many steps (default: every 10% of `steps`), so a crash
+            or Ctrl-C loses at most that much; each file is replaced atomically, so `out` always loads.
+        progress: called with 1 after every step (`siglite.progress`).
 
     Returns:
         A `TrainResult`; the same summary is written to `out/training.json`.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C (a KeyboardInterrupt); the model as of the last finished step has been saved
+            to `out` first, with ``"complete": false`` in training.json.
     """
     from ..preprocess.image import preprocess_batch
-    from ..testing import save_checkpoint
 
     if steps < 1 or batch_size < 2:
         raise SigliteError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
     if positives not in POSITIVES:
         raise SigliteError(f"unknown positives {positives!r}; choose one of {', '.join(POSITIVES)}")
+    if save_every is not None and (isinstance(save_every, bool) or save_every < 1):
+        raise SigliteError(f"save_every must be a positive integer, got {save_every!r}")
+    from ..fileio import check_output_dir
+
     start = time.perf_counter()
     out = Path(out)
+    same_folder = init is not None and Path(init).is_dir() and Path(init).resolve() == out.resolve()
+    check_output_dir(out, overwrite=overwrite or same_folder, markers=MODEL_MARKERS, what="model")
+    pairs = as_pairs(data)  # read (and checked) before anything in `out` is touched
+    if overwrite and out.is_dir() and not same_folder:
+        shutil.rmtree(out)  # checked above: a model folder; its tokenizer must not mix with the new one
     out.mkdir(parents=True, exist_ok=True)
-    pairs = as_pairs(data)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
@@ -400,10 +418,28 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, max(1, warmup)))
 
     history: list[dict] = []
+    save_every = save_every or max(1, steps // 10)
+    summary = {"init": str(init) if init is not None else None,
+               "arch": asdict(arch or Arch()) if init is None else None, "steps": steps, "batch_size": batch_size,
+               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "seed": seed, "positives": positives,
+               "pairs": n, "skipped": len(skipped), "classes": len(class_index)}
+    done = 0
+
+    def checkpoint(complete: bool) -> None:
+        was_training = model.training
+        model.eval()
+        _save_atomic(model, out, preprocessor)
+        model.train(was_training)
+        final = history[-1]["loss"] if history else None
+        _write_json(out / "training.json", {**summary, "step": done, "complete": complete,
+                                            "seconds": round(time.perf_counter() - start, 2), "final_loss": final,
+                                            "history": history})
+
     order, cursor = rng.permutation(n), 0
     log.info("training %s on %d pairs (%d distinct captions, %d classes): %d steps of %d",
              "from scratch" if init is None else init, n, len(captions), len(class_index), steps, batch_size)
-    for step in range(steps):
+    def _train_step(step: int) -> int:
+        nonlocal order, cursor
         if cursor + batch_size > n:  # next epoch: reshuffle, drop the ragged tail
             order, cursor = rng.permutation(n), 0
         idx = order[cursor:cursor + batch_size]
@@ -430,14 +466,56 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
                      "%(seconds).1fs", record)
             if callback is not None:
                 callback(record, model)
+        return step + 1
 
+    try:
+        for step in range(steps):
+            done = _train_step(step)
+            if done % save_every == 0 and done < steps:
+                checkpoint(complete=False)
+            if progress is not None:
+                progress(1)
+    except KeyboardInterrupt:
+        if done:  # the weights as they are (at most the interrupted step's update past `done`)
+            checkpoint(complete=False)
+        raise TrainingInterrupted(out, done, steps, saved=done > 0) from None
     model.eval()
-    save_checkpoint(model, out, image_config=preprocessor)
+    _save_atomic(model, out, preprocessor)
     result = TrainResult(out, n, skipped, round(time.perf_counter() - start, 2), history)
-    summary = {"init": str(init) if init is not None else None,
-               "arch": asdict(arch or Arch()) if init is None else None, "steps": steps, "batch_size": batch_size,
-               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "seed": seed, "positives": positives,
-               "pairs": n, "skipped": len(skipped), "classes": len(class_index), "seconds": result.seconds,
-               "final_loss": result.final_loss, "history": history}
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    _write_json(out / "training.json", {**summary, "step": steps, "complete": True, "seconds": result.seconds,
+                                        "final_loss": result.final_loss, "history": history})
     return result
+
+
+
+MODEL_MARKERS = ("config.json", "model.safetensors", "training.json")  # what makes `out` a model --overwrite may replace
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: the model as of `step` (of `steps`) was saved to `folder` when `saved`."""
+
+    def __init__(self, folder: Path, step: int, steps: int, saved: bool):
+        super().__init__(f"interrupted at step {step}/{steps}")
+        self.folder, self.step, self.steps, self.saved = folder, step, steps, saved
+
+
+def _save_atomic(model: torch.nn.Module, out: Path, preprocessor: dict) -> None:
+    """save_checkpoint into a hidden folder inside `out`, then each file renamed over its old version: a reader (or a
+    crash mid-save) sees the previous checkpoint's files or the new ones, never a truncated model.safetensors."""
+    from ..testing import save_checkpoint
+
+    tmp = out / f".checkpoint.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        save_checkpoint(model, tmp, image_config=preprocessor)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    from ..fileio import write_json
+
+    write_json(path, obj)
