@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except BrokenPipeError:  # `siglite --help | head`
         return 141
+    except SystemExit as e:  # --help, --version, usage errors: argparse exits; return its code to in-process callers
+        return e.code if isinstance(e.code, int) else 2
     return run_command(args)
 
 
