@@ -27,7 +27,8 @@ def register(sub):
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", "-m", help="checkpoint folder, hub id, or a name from `siglite list`")
     what.add_argument("--spec", help="architecture name: random weights at its shape (e.g. siglip-base-patch16-224)")
-    p.add_argument("--layers", type=positive_int, default=None, help="with --spec: vision depth override for quick runs")
+    p.add_argument("--layers", type=positive_int, default=None,
+                   help="with --spec: vision depth override for quick runs")
     p.add_argument("--engine", nargs="+", default=[None],
                    help="engines to time (default: the folder's own: an exported folder's siglite.json, else torch)")
     p.add_argument("--precision", nargs="+", default=[None],

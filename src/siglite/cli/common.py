@@ -88,7 +88,7 @@ def existing_file(text: str) -> str:
     return text
 
 
-# -- shared options ------------------------------------------------------------------------------------------------------
+# -- shared options --------------------------------------------------------------------------------------------------
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -30,7 +30,8 @@ def register(sub):
     p.add_argument("--num-calib", type=positive_int, default=256, help="calibration images (default: %(default)s)")
     p.add_argument("--num-check", type=positive_int, default=16,
                    help="further images and texts held out to measure fidelity (default: %(default)s)")
-    p.add_argument("--calib-text", type=existing_file, default=None, help="text file, one calibration text per line (default: built-in)")
+    p.add_argument("--calib-text", type=existing_file, default=None,
+                   help="text file, one calibration text per line (default: built-in)")
     p.add_argument("--recipe", choices=RECIPES, default="siglite",
                    help="siglite (default); dynamic and naive are the plain conversions, for comparison")
     p.add_argument("--target", type=float, default=TARGET_MEAN,

@@ -198,7 +198,8 @@ def decode(
     whichever way it is passed). Transparency is composited onto ``background`` exactly as transformers'
     ``convert_to_rgb`` does onto white. 16-bit grayscale is scaled to 8 bits by rounding ``v / 257`` (PIL itself would
     clip at 255). Float ('F') images whose values all lie in 0..1 are scaled by 255 (rounded); other float images are
-    taken on a 0-255 scale, NaN as 0, clipped and truncated like PIL's own conversion. Arrays must be uint8: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; use
+    taken on a 0-255 scale, NaN as 0, clipped and truncated like PIL's own conversion. Arrays must be uint8:
+    ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; use
     `from_bgr` first for OpenCV arrays.
 
     Args:

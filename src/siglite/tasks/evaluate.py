@@ -208,7 +208,8 @@ def retrieval(model: Model, items: Sequence[dict], k: Sequence[int] = RECALL_K, 
     for row, i in enumerate(out.indices):
         texts += items[i]["captions"]
         text_image += [row] * len(items[i]["captions"])
-    scores = _normalize(model.text_features(texts, batch_size=batch_size, progress=progress)) @ _normalize(out.features).T  # (T, I)
+    text_emb = _normalize(model.text_features(texts, batch_size=batch_size, progress=progress))
+    scores = text_emb @ _normalize(out.features).T  # (T, I)
     positives = np.zeros(scores.shape, bool)
     positives[np.arange(len(texts)), text_image] = True
     record = {"task": "retrieval", **_model_fields(model), "preprocess": preprocess, "n_images": len(out.indices),

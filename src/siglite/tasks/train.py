@@ -488,7 +488,8 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
 
 
 
-MODEL_MARKERS = ("config.json", "model.safetensors", "training.json")  # what makes `out` a model --overwrite may replace
+# What makes `out` a model folder, the only kind --overwrite may replace.
+MODEL_MARKERS = ("config.json", "model.safetensors", "training.json")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
