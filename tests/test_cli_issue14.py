@@ -153,7 +153,7 @@ def test_2_train_ctrl_c_saves_a_loadable_model(capsys, shapes, tmp_path, monkeyp
     calls = {"n": 0}
     loss = train_mod.sigmoid_loss
 
-    def interrupt_at_step_3(*a, **k):  # Ctrl-C while step 3 computes its loss
+    def interrupt_at_step_3(*a, **k):  # an exception inside step 3: the weights are kept, not resumable
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
@@ -166,9 +166,44 @@ def test_2_train_ctrl_c_saves_a_loadable_model(capsys, shapes, tmp_path, monkeyp
     line = one_line(err)
     assert "siglite train: interrupted; saved the model as of step 2/10" in line and "--init" in line
     state = json.loads((out / "training.json").read_text())
-    assert (state["step"], state["complete"]) == (2, False)
+    assert (state["step"], state["complete"], state["resumable"]) == (2, False, False)
     model = siglite.load(out, device="cpu")  # a valid checkpoint, not only tokenizer files
     assert model.image_features(np.zeros((16, 16, 3), np.uint8)).shape == (1, 16)
+
+
+def test_2_train_sigint_then_resume_is_bit_identical(capsys, shapes, tmp_path, monkeypatch):
+    import signal
+
+    import siglite.tasks.train as train_mod
+
+    data = shapes / "captions.jsonl"
+    assert cli(_train_args(data, tmp_path / "ref", "--steps", "6", "--save-every", "100")) == 0
+    calls = {"n": 0}
+    loss = train_mod.sigmoid_loss
+
+    def ctrl_c_during_step_3(*a, **k):  # a real SIGINT: the handler lets step 3 finish, then saves
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(*a, **k)
+
+    monkeypatch.setattr(train_mod, "sigmoid_loss", ctrl_c_during_step_3)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code, _, err = run(capsys, _train_args(data, out, "--steps", "6", "--save-every", "100"))
+    assert code == 130  # stderr: the handler's "finishing this step" line, then the interrupt line
+    assert err.strip().splitlines()[-1] == f"siglite train: interrupted; saved the model and training state as of " \
+                                           f"step 3/6 to {out}; to continue, run the same command with --resume"
+    assert json.loads((out / "training.json").read_text())["step"] == 3 and (out / train_mod.TRAIN_STATE).is_file()
+    monkeypatch.undo()
+    code, _, err = run(capsys, _train_args(data, out, "--steps", "7", "--save-every", "100", "--resume"))
+    assert code == 1 and "other arguments (steps: 6 there, 7 now)" in one_line(err)
+    assert cli(_train_args(data, out, "--steps", "6", "--save-every", "100", "--resume")) == 0
+    # the resumed run equals the uninterrupted one bit for bit (weights, and the loss of every step)
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    done, ref = (json.loads((d / "training.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert done["complete"] and [h["loss"] for h in done["history"]] == [h["loss"] for h in ref["history"]]
+    assert not (out / train_mod.TRAIN_STATE).exists()
 
 
 def test_2_train_saves_periodically(shapes, tmp_path, monkeypatch):

@@ -20,8 +20,9 @@ EPILOG = """examples:
   siglite train --data pairs.jsonl --init ./my-siglip --out tuned --steps 200 --lr 1e-4
 
 The model is saved to OUT every --save-every steps and on Ctrl-C (each file replaced atomically, so OUT always loads);
-training.json says which step it holds and whether training completed. An existing model in OUT is replaced only with
---overwrite."""
+training.json says which step it holds and whether training completed. Ctrl-C lets the running step finish, saves,
+and prints the command that continues: the same one with --resume (the result equals an uninterrupted run). An
+existing model in OUT is replaced only with --overwrite."""
 
 
 def register(sub):
@@ -53,6 +54,8 @@ def register(sub):
     p.add_argument("--log-every", type=positive_int, default=50)
     p.add_argument("--save-every", type=positive_int, default=None,
                    help="save the model every N steps (default: every 10%% of --steps)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last save (give the same other arguments)")
     add_overwrite_arg(p, "model in --out")
     add_quiet_arg(p)
     add_format_arg(p)
@@ -74,6 +77,8 @@ def run(args):
         if not logger.handlers:
             logger.addHandler(logging.StreamHandler(sys.stderr))
     arch_fields = {f: getattr(args, f) for f in ARCH_ARGS if getattr(args, f) is not None}
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out; --overwrite would replace it: give one of them")
     if args.init and arch_fields:
         raise ValueError(f"--init keeps the checkpoint's shape; drop {', '.join(ARCH_ARGS[f] for f in arch_fields)}")
     if args.batch_size < 2:
@@ -90,11 +95,14 @@ def run(args):
                                batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                                warmup=args.warmup, seed=args.seed, positives=args.positives,
                                log_every=args.log_every, overwrite=args.overwrite, save_every=args.save_every,
-                               progress=bar)
+                               resume=args.resume, progress=bar)
         except TrainingInterrupted as e:
-            if e.saved:
-                args.interrupt_hint = (f"saved the model as of step {e.step}/{e.steps} to {e.folder} (training.json "
-                                       f"says complete: false); to go on, fine-tune it: siglite train --data "
+            if e.resumable:
+                args.interrupt_hint = (f"saved the model and training state as of step {e.step}/{e.steps} to "
+                                       f"{e.folder}; to continue, run the same command with --resume")
+            elif e.saved:
+                args.interrupt_hint = (f"saved the model as of step {e.step}/{e.steps} to {e.folder} (stopped inside "
+                                       f"a step, so not resumable); to go on, fine-tune it: siglite train --data "
                                        f"{args.data} --init {e.folder} --out NEW --steps {e.steps - e.step}")
             else:
                 args.interrupt_hint = "before the first step finished; nothing saved"
