@@ -61,7 +61,8 @@ def check_device(device: str | None) -> None:
         raise SigliteError(f"unknown device {device!r} (cpu, cuda, cuda:N, mps){hint}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise SigliteError(f"device {device!r}: {why} (torch {torch.__version__}); use --device cpu")
+            why = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+            raise SigliteError(f"device {device!r}: torch sees no CUDA GPU (torch {torch.__version__}, {why}); "
+                               f"use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise SigliteError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
