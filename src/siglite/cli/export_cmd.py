@@ -46,11 +46,16 @@ def run(args):
         warn(args, f"--format {args.format} is deprecated for the graph format; use --graph-format {args.format}")
         args.graph_format, args.format = args.format, "table"
     graph_format = args.graph_format or "onnx"
+    from ..progress import enabled
+
     check_output_folder(args, args.out, markers=("siglite.json",), what="export")
     t0 = time.perf_counter()
+    show = enabled(args.quiet)  # the exporter reports no steps: a start and an end line, for a person watching
+    if show:
+        warn(args, f"exporting {args.model} to {graph_format} (vision + text graphs; a minute for a base model) ...")
     with staged_dir(args.out) as tmp:
         sidecar = export(args.model, tmp, graph_format, revision=args.revision)
-    if not args.quiet:
+    if show:
         warn(args, f"exported in {time.perf_counter() - t0:.1f} s")
     emit([{"out": args.out, "format": sidecar.format, "engine": sidecar.engine, "precision": sidecar.precision,
            "graphs": ", ".join(f"{k}={v}" for k, v in sidecar.files.items())}], args.format)
