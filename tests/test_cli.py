@@ -35,11 +35,15 @@ def test_classify_matches_api(capsys, tiny_spiece, sample_images):
     paths = [str(p) for p in sample_images[:2]]
     rows = _json(capsys, ["classify", *paths, "--model", str(tiny_spiece), "--labels", "cat", "dog", "car",
                           "--format", "json"])
-    probs = siglite.load(tiny_spiece).classify(paths, ["cat", "dog", "car"])
-    assert len(rows) == 6
-    for row in rows:
-        i, j = paths.index(row["image"]), ["cat", "dog", "car"].index(row["label"])
-        assert row["probability"] == pytest.approx(float(probs[i, j]), abs=1e-6)
+    model = siglite.load(tiny_spiece)
+    probs = model.classify(paths, ["cat", "dog", "car"])
+    assert [r["image"] for r in rows] == paths
+    for i, row in enumerate(rows):  # one record per image, labels best first, as transformers' pipeline returns
+        scores = [x["score"] for x in row["labels"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 3
+        for x in row["labels"]:
+            assert x["score"] == pytest.approx(float(probs[i, ["cat", "dog", "car"].index(x["label"])]), abs=1e-6)
+    assert model.classify(paths, ["cat", "dog", "car"], top_k=3) == [r["labels"] for r in rows]
 
 
 def test_classify_table_and_top(capsys, tiny_spiece, sample_images):

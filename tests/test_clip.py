@@ -411,7 +411,7 @@ def test_int8_quantize_clip(clip_folder, tmp_path, sample_images):
     """INT8 PTQ of a CLIP model (both towers, the bias-free projections included): the seed's fidelity bar on tokens
     (cosine mean ≥ 0.995, 1%-low ≥ 0.99) on held-out images, and the graphs serve the softmax model."""
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    from siglite.quant.quantize import quantize
+    from siglite.tasks.quantize import quantize
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (40 + i, 36, 3), dtype=np.uint8) for i in range(24)]

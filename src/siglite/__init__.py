@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 from .errors import ImageError, LoadError, SigliteError
-from .pipeline import ImageBatch, Model
-from .preprocess.image import from_bgr
-from .registry import Spec, list_models
+
+if TYPE_CHECKING:
+    from .pipeline import ImageBatch, Model
+    from .preprocess.image import from_bgr
+    from .registry import Spec, list_models
+
+# Imported on first use (PEP 562), so that `import siglite.errors` or `siglite --help` does not pay for torch.
+_LAZY = {"Model": "pipeline", "ImageBatch": "pipeline", "from_bgr": "preprocess.image", "Spec": "registry",
+         "list_models": "registry"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'siglite' has no attribute {name!r}")
+
 
 __all__ = ["load", "list_models", "Model", "ImageBatch", "Spec", "SigliteError", "LoadError", "ImageError", "from_bgr"]
 __version__ = "0.1.0"
@@ -31,8 +50,9 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         **engine_options: passed to the engine (e.g. cuda: `calib=` pixels for FP8, `compile=`, `graph_sizes=`).
     """
     from .artifact import engine_format, is_exported, read_sidecar
-    from .engines.base import engine_module
     from .checkpoints import read_checkpoint, read_preprocessor, resolve
+    from .engines.base import check_device, engine_module
+    from .pipeline import Model
     from .preprocess.image import ImageConfig
     from .preprocess.text import load_tokenizer
 
@@ -43,6 +63,7 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
     ckpt = read_checkpoint(folder)
     image_config = ImageConfig.from_hf(read_preprocessor(folder)) if ckpt.vision is not None else None
     tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
+    check_device(device)
     module = engine_module(engine)
     served = folder
     if not exported and (fmt := engine_format(engine)) is not None:

@@ -10,7 +10,7 @@ from .errors import LoadError, SigliteError
 
 
 def read_json(path: str | Path, *, error: type[SigliteError] = LoadError) -> Any:
-    """Parse `path` as UTF-8 JSON.
+    """Parse `path` as UTF-8 JSON (a leading byte-order mark is skipped).
 
     Args:
         path: the file.
@@ -22,7 +22,7 @@ def read_json(path: str | Path, *, error: type[SigliteError] = LoadError) -> Any
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the JSON
     except FileNotFoundError:
         raise error(f"{path}: missing") from None
     except IsADirectoryError:

@@ -6,25 +6,71 @@ Images and texts go in as Python objects; preprocessing follows the checkpoint's
 from __future__ import annotations
 
 import os
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
 
 from .engines.base import Engine
 from .errors import SigliteError
-from .model import pair_logits
 from .preprocess.image import MAX_PIXELS_DEFAULT, ImageConfig, ImageInput, preprocess_batch
 
 if TYPE_CHECKING:
     from .preprocess.text import TextTokenizer
 
+Progress = Callable[[int], None]  # called with the number of inputs just finished (see siglite.progress)
+
 DEFAULT_TEMPLATE = "This is a photo of {}."
 DEFAULT_BATCH = 32
-TOWER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                "patch_size", "vocab_size", "max_position_embeddings", "projection_size", "projection_dim")
+_SHARED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# Only the fields that mean something for each tower (a saved text_config also carries an unused image_size).
+TOWER_FIELDS = {"vision_config": (*_SHARED_FIELDS, "image_size", "patch_size", "num_channels", "projection_dim"),
+                "text_config": (*_SHARED_FIELDS, "vocab_size", "max_position_embeddings", "projection_size",
+                                "projection_dim")}
+
+
+def check_batch_size(batch_size: int | None) -> int:
+    """None -> the default; anything but a positive int is an error (a negative size used to return no rows)."""
+    if batch_size is None:
+        return DEFAULT_BATCH
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise SigliteError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_template(template: str) -> str:
+    """A prompt template must hold exactly one ``{}`` (or ``{0}``) where the label goes.
+
+    Raises:
+        SigliteError: One line saying what is wrong: no placeholder (every label would get the same prompt, hence the
+            same score), a named field such as ``{label}``, several placeholders, or unbalanced braces.
+    """
+    if not isinstance(template, str):
+        raise SigliteError(f"template must be a string, got {type(template).__name__}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise SigliteError(f"template {template!r}: {e} (write {{{{ and }}}} for literal braces)") from None
+    named = [f for f in fields if f not in ("", "0")]
+    if named:
+        raise SigliteError(f"template {template!r} has a named field {{{named[0]}}}; use {{}} where the label goes")
+    if len(fields) != 1:
+        what = "no {} placeholder (every label would score the same)" if not fields else f"{len(fields)} {{}} fields"
+        raise SigliteError(f"template {template!r} has {what}; use exactly one {{}} where the label goes")
+    return template
+
+
+def check_labels(labels: Sequence[str] | str) -> list[str]:
+    """A str is one label (not a sequence of one-character labels); an empty list or a non-str label is an error."""
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    if not labels:
+        raise SigliteError("classify needs at least one label")
+    bad = [x for x in labels if not isinstance(x, str)]
+    if bad:
+        raise SigliteError(f"labels must be strings, got {type(bad[0]).__name__} {bad[0]!r}")
+    return labels
 
 
 @dataclass
@@ -56,7 +102,7 @@ class Model:
 
     def describe(self) -> dict:
         """What this model is: towers, preprocessing, tokenizer, engine (for `siglite info` and sidecars)."""
-        towers = {k: {f: v[f] for f in TOWER_FIELDS if f in v} for k in ("vision_config", "text_config")
+        towers = {k: {f: v[f] for f in fields if v.get(f) is not None} for k, fields in TOWER_FIELDS.items()
                   if isinstance(v := self.config.get(k), dict)}
         return {
             "name": self.name, "folder": str(self.folder), "engine": self.engine.name,
@@ -75,26 +121,29 @@ class Model:
     # -- images ---------------------------------------------------------------------------------------------------
 
     def encode_images(self, images: Sequence[ImageInput], *, preprocess: str = "resize", tokens: bool = False,
-                      batch_size: int | None = None, on_error: str = "skip") -> ImageBatch:
-        """Embed images, keeping going past inputs that cannot be decoded when on_error="skip"."""
+                      batch_size: int | None = None, on_error: str = "skip",
+                      progress: Progress | None = None) -> ImageBatch:
+        """Embed images, keeping going past inputs that cannot be decoded when on_error="skip"; `progress(n)` is
+        called after each batch with its number of inputs."""
         if self.image_config is None:
             raise SigliteError(f"{self.name}: this checkpoint has no image preprocessing config (text-only model?)")
         images = _as_list(images)
-        batch_size = batch_size or DEFAULT_BATCH
+        batch_size = check_batch_size(batch_size)
         feats, toks, indices, failures = [], [], [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             pixels, ok, failed = preprocess_batch(chunk, self.image_config, preprocess, on_error=on_error,
                                                   max_pixels=self.max_pixels, background=self.background)
             failures += [(start + i, reason) for i, reason in failed]
-            if not ok:
-                continue
-            pooled, hidden = self.engine.encode_image(pixels, tokens=tokens)
-            indices += [start + i for i in ok]
-            if pooled is not None:
-                feats.append(pooled)
-            if hidden is not None:
-                toks.append(hidden)
+            if ok:
+                pooled, hidden = self.engine.encode_image(pixels, tokens=tokens)
+                indices += [start + i for i in ok]
+                if pooled is not None:
+                    feats.append(pooled)
+                if hidden is not None:
+                    toks.append(hidden)
+            if progress is not None:
+                progress(len(chunk))
         return ImageBatch(
             features=np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
             tokens=np.concatenate(toks) if toks else None,
@@ -103,11 +152,12 @@ class Model:
         )
 
     def image_features(self, images: Sequence[ImageInput] | ImageInput, *, preprocess: str = "resize",
-                       tokens: bool = False, batch_size: int | None = None) -> np.ndarray:
+                       tokens: bool = False, batch_size: int | None = None,
+                       progress: Progress | None = None) -> np.ndarray:
         """Pooled image embeddings (N, D) = the reference `pooler_output`; with tokens=True the (N, T, D)
         `last_hidden_state`. Any undecodable input raises `ImageError` naming it (see `encode_images` to skip)."""
         out = self.encode_images(images, preprocess=preprocess, tokens=tokens, batch_size=batch_size,
-                                 on_error="raise")
+                                 on_error="raise", progress=progress)
         return out.tokens if tokens else out.features
 
     # -- text -----------------------------------------------------------------------------------------------------
@@ -117,38 +167,82 @@ class Model:
             raise SigliteError(f"{self.name}: this checkpoint has no tokenizer (vision-only model?)")
         return self.tokenizer(_as_list(texts))
 
-    def text_features(self, texts: Sequence[str] | str, *, batch_size: int | None = None) -> np.ndarray:
+    def text_features(self, texts: Sequence[str] | str, *, batch_size: int | None = None,
+                      progress: Progress | None = None) -> np.ndarray:
         """Pooled text embeddings (N, P) = the reference text `pooler_output`, padded to the checkpoint's length."""
         texts = _as_list(texts)
-        batch_size = batch_size or DEFAULT_BATCH
-        out = [self.engine.encode_text(*self.tokenize(texts[i:i + batch_size]))
-               for i in range(0, len(texts), batch_size)]
+        batch_size = check_batch_size(batch_size)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            out.append(self.engine.encode_text(*self.tokenize(texts[i:i + batch_size])))
+            if progress is not None:
+                progress(len(texts[i:i + batch_size]))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     # -- zero-shot ------------------------------------------------------------------------------------------------
 
     def logits(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
         """logits_per_image (N, M) from pooled embeddings, with the checkpoint's learned scale (and bias, SigLIP)."""
+        import torch
+
+        from .model import pair_logits
+
         return pair_logits(torch.from_numpy(image_features), torch.from_numpy(text_features),
                            self.engine.logit_scale, self.engine.logit_bias, self.logit_kind).numpy()
 
-    def classify(self, images: Sequence[ImageInput] | ImageInput, labels: Sequence[str], *,
-                 template: str = DEFAULT_TEMPLATE, preprocess: str = "resize",
-                 batch_size: int | None = None) -> np.ndarray:
-        """Probabilities (N, L). SigLIP: sigmoid, each label scored on its own (rows need not sum to 1, several or
-        no labels may fit). CLIP: softmax over the labels, as transformers' `logits_per_image.softmax(dim=1)` (the
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Logits (N, L) -> probabilities with the model's own scoring. SigLIP: sigmoid, each label on its own (rows
+        need not sum to 1). CLIP: softmax over the labels, as transformers' `logits_per_image.softmax(dim=1)` (the
         labels compete; each row sums to 1, so the answer depends on which labels are offered)."""
-        if not labels:
-            raise SigliteError("classify needs at least one label")
-        prompts = [template.format(label) for label in labels]
-        img = self.image_features(images, preprocess=preprocess, batch_size=batch_size)
-        logits = self.logits(img, self.text_features(prompts))
         if self.logit_kind == "softmax":
-            return torch.from_numpy(logits).softmax(dim=1).numpy()
+            z = logits - logits.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
         return 1.0 / (1.0 + np.exp(-logits))
+
+    def classify(self, images: Sequence[ImageInput] | ImageInput, labels: Sequence[str] | str, *,
+                 template: str = DEFAULT_TEMPLATE, preprocess: str = "resize", batch_size: int | None = None,
+                 top_k: int | None = None, progress: Progress | None = None):
+        """Probabilities with the model's own scoring (`scores`): SigLIP's sigmoid scores each label on its own;
+        CLIP's softmax makes the offered labels compete.
+
+        Args:
+            images: One image or a sequence of them.
+            labels: Candidate labels; a str is one label.
+            template: Prompt with one ``{}`` for the label (checked: no placeholder or a named field is an error).
+            preprocess: "resize" or "letterbox".
+            batch_size: Images / prompts per forward pass (a positive int; default 32).
+            top_k: None returns the (N, L) array. An int returns, as transformers' zero-shot pipeline does, the
+                `top_k` best labels sorted by score, ``[{"label": ..., "score": ...}, ...]``: one such list for a
+                single image, a list of them for a sequence of images.
+            progress: Called with the number of prompts, then images, done after each batch.
+        """
+        labels = check_labels(labels)
+        check_template(template)
+        batch_size = check_batch_size(batch_size)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise SigliteError(f"top_k must be a positive integer, got {top_k!r}")
+        prompts = [template.format(label) for label in labels]
+        txt = self.text_features(prompts, batch_size=batch_size, progress=progress)
+        img = self.image_features(images, preprocess=preprocess, batch_size=batch_size, progress=progress)
+        probs = self.scores(self.logits(img, txt))
+        if top_k is None:
+            return probs
+        ranked = [ranked_labels(p, labels, top_k) for p in probs]
+        return ranked[0] if _is_single(images) else ranked
+
+
+def ranked_labels(scores: np.ndarray, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
+    """``[{"label", "score"}]`` best first (ties keep label order), at most `top_k` entries."""
+    order = np.argsort(-np.asarray(scores), kind="stable")[:top_k]
+    return [{"label": labels[j], "score": float(scores[j])} for j in order]
+
+
+def _is_single(items) -> bool:
+    return isinstance(items, (str, bytes, os.PathLike, np.ndarray)) or hasattr(items, "getpixel")
 
 
 def _as_list(items) -> list:
-    if isinstance(items, (str, bytes, os.PathLike, np.ndarray)) or hasattr(items, "getpixel"):
+    if _is_single(items):
         return [items]
     return list(items)

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_format_arg, add_model_args, emit, load_model
+from .common import (add_batch_size_arg, add_format_arg, add_model_args, add_overwrite_arg, add_quiet_arg,
+                     check_out_file, device, emit, existing_file, load_model, nonnegative_int, positive_int, progress_bar)
 
 EPILOG = """examples:
   siglite eval zeroshot --model M --data imagenet/val --classnames classnames.txt --templates templates.json
@@ -15,6 +16,9 @@ EPILOG = """examples:
   siglite eval retrieval --model M --data annotations/captions_val2017.json --images-root val2017
   siglite eval fidelity --model M --precision float32 --candidate-precision bfloat16 --images photos/
   siglite eval fidelity --model M --candidate M-int8 --candidate-engine onnxruntime --data cifar-100-python --limit 1000
+
+zeroshot and fidelity --data read the class names from classnames.txt beside the class folders when --classnames
+is not given (as `siglite synth` writes it); otherwise the folder names are used.
 
 fidelity: per-image cosine similarity and MSE of last_hidden_state (flattened per image) and pooler_output,
 as mean ( min ~ max ), 1%-low, where 1%-low is the 1st percentile over images (1% of images score at or below it)."""
@@ -40,40 +44,44 @@ def register(sub):
                                                  ".json")
     r.add_argument("--images-root", default=None, help="folder the image paths are relative to (default: the data "
                                                        "file's folder)")
-    r.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="cut-offs (default: 1 5 10)")
+    r.add_argument("--recall-k", type=positive_int, nargs="+", default=[1, 5, 10], help="cut-offs (default: 1 5 10)")
     _add_common(r)
     r.set_defaults(run=run_retrieval)
 
     f = tasks.add_parser("fidelity", help="how closely a candidate engine/precision reproduces the model",
                          description="Per-image cosine similarity and MSE of last_hidden_state and pooler_output, "
-                                     "summarised as mean ( min ~ max ), 1%-low (the 1st percentile over images).")
+                                     "summarised as mean ( min ~ max ), 1%-low (the 1st percentile over images).",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(f)
     f.add_argument("--candidate", default=None, help="candidate checkpoint (default: --model)")
     f.add_argument("--candidate-engine", default=None, help="candidate engine (default: --engine)")
     f.add_argument("--candidate-precision", default=None, help="candidate precision (default: --precision)")
-    f.add_argument("--candidate-device", default=None, help="candidate device (default: --device)")
+    f.add_argument("--candidate-device", type=device, default=None, help="candidate device (default: --device)")
     src = f.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files or folders (unlabelled)")
     src.add_argument("--data", help="a labelled set (as for zeroshot) to add top-1 agreement and accuracy")
     _add_classification_args(f)
-    f.add_argument("--digits", type=int, default=3, help="decimals in the markdown table (default: 3)")
+    f.add_argument("--digits", type=nonnegative_int, default=3, help="decimals in the markdown table (default: 3)")
     _add_common(f)
     f.set_defaults(run=run_fidelity)
 
 
 def _add_classification_args(p):
-    p.add_argument("--classnames", default=None, help="class names: one per line, a JSON list, or a JSON dict "
-                                                      "folder -> name (default: folder / CIFAR meta names)")
-    p.add_argument("--templates", default=None, help='JSON list of prompt templates with {c} or {} '
-                                                     '(default: "This is a photo of {}.")')
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most N images, spread over the set")
+    p.add_argument("--classnames", type=existing_file, default=None,
+                   help="class names: one per line, a JSON list, or a JSON dict folder -> name (default: "
+                        "DATA/classnames.txt if present, else folder / CIFAR meta names)")
+    p.add_argument("--templates", type=existing_file, default=None,
+                   help='JSON list of prompt templates with {c} or {} (default: "This is a photo of {}.")')
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate at most N images, spread over the set")
 
 
 def _add_common(p):
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize",
                    help="resize: the checkpoint's processor (default); letterbox: aspect-preserving, gray 127 padding")
-    p.add_argument("--batch-size", type=int, default=None, help="images and prompts per forward pass")
+    add_batch_size_arg(p, help="images and prompts per forward pass (default: 32)")
     p.add_argument("--out", "-o", default=None, help="also write the record as JSON to this file")
+    add_overwrite_arg(p, "--out file")
+    add_quiet_arg(p)
     add_format_arg(p)
 
 
@@ -86,7 +94,9 @@ def _templates(args):
 
 def _finish(record: dict, args, text: str | None = None) -> None:
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        from ..fileio import write_json
+
+        write_json(args.out, record)
     if args.format == "json":
         print(json.dumps(record, indent=2, default=str))
     elif text is not None:
@@ -101,19 +111,28 @@ def run_zeroshot(args):
     from ..data.datasets import read_classification
     from ..tasks.evaluate import zero_shot
 
+    check_out_file(args, args.out)
     data = read_classification(args.data, args.classnames).subset(args.limit)
+    templates = _templates(args)
     model = load_model(args)
-    _finish(zero_shot(model, data, templates=_templates(args), preprocess=args.preprocess,
-                      batch_size=args.batch_size), args)
+    n_prompts = len(data.classnames) * (1 if isinstance(templates, str) else len(templates))
+    with progress_bar(args, n_prompts + len(data), "zeroshot", "input") as bar:
+        record = zero_shot(model, data, templates=templates, preprocess=args.preprocess, batch_size=args.batch_size,
+                           progress=bar)
+    _finish(record, args)
 
 
 def run_retrieval(args):
     from ..data.datasets import read_retrieval
     from ..tasks.evaluate import retrieval
 
+    check_out_file(args, args.out)
     items = read_retrieval(args.data, args.images_root)
     model = load_model(args)
-    _finish(retrieval(model, items, k=args.recall_k, preprocess=args.preprocess, batch_size=args.batch_size), args)
+    with progress_bar(args, len(items) + sum(len(it["captions"]) for it in items), "retrieval", "input") as bar:
+        record = retrieval(model, items, k=args.recall_k, preprocess=args.preprocess, batch_size=args.batch_size,
+                           progress=bar)
+    _finish(record, args)
 
 
 def run_fidelity(args):
@@ -122,6 +141,7 @@ def run_fidelity(args):
     from ..data.datasets import list_images, read_classification
     from ..tasks.evaluate import fidelity, fidelity_markdown
 
+    check_out_file(args, args.out)
     labels = classnames = None
     if args.data:
         data = read_classification(args.data, args.classnames).subset(args.limit)
@@ -133,7 +153,8 @@ def run_fidelity(args):
     candidate = siglite.load(args.candidate or args.model, engine=args.candidate_engine or args.engine,
                              device=args.candidate_device or args.device,
                              dtype=args.candidate_precision or args.precision, revision=args.revision)
-    record = fidelity(reference, candidate, images, labels, classnames, templates=_templates(args),
-                      preprocess=args.preprocess, batch_size=args.batch_size)
+    with progress_bar(args, len(images), "fidelity", "img") as bar:
+        record = fidelity(reference, candidate, images, labels, classnames, templates=_templates(args),
+                          preprocess=args.preprocess, batch_size=args.batch_size, progress=bar)
     header = f"reference: {record['reference']}\ncandidate: {record['candidate']}\nimages: {record['n']}"
     _finish(record, args, f"{header}\n\n{fidelity_markdown(record, digits=args.digits)}")

@@ -1,6 +1,16 @@
 """siglite export: a checkpoint's towers as ONNX or OpenVINO graphs plus a sidecar, served by `siglite.load(DIR)`."""
 
-from .common import emit
+import argparse
+
+from .common import add_overwrite_arg, add_quiet_arg, check_output_folder, emit, warn
+
+EPILOG = """examples:
+  siglite export --model google/siglip-base-patch16-224 --graph-format onnx --out siglip-onnx
+  siglite classify cat.jpg --model siglip-onnx --labels cat dog
+
+--format is table or json, as in every command (--format onnx|openvino still works, deprecated: use --graph-format).
+The folder is built beside OUT and moved into place when complete; an existing export is replaced only with
+--overwrite."""
 
 
 def register(sub):
@@ -9,23 +19,43 @@ def register(sub):
                                    "and the text tower as separate graphs, with siglite.json carrying "
                                    "preprocessing, tokenizer, logit scale/bias, dims and the engine that "
                                    "serves it (siglite.load picks it up).",
-                       epilog="example: siglite export --model google/siglip-base-patch16-224 --format onnx "
-                              "--out siglip-onnx\n         siglite classify cat.jpg --model siglip-onnx "
-                              "--labels cat dog")
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", "-m", required=True, help="checkpoint folder, hub id, or a name from `siglite list`")
-    p.add_argument("--format", dest="graph_format", choices=["onnx", "openvino"], default="onnx",
+    p.add_argument("--graph-format", "--to", choices=["onnx", "openvino"], default=None,
                    help="graph format (default: onnx)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    # --format names the graph format here (as the issue's command line has it), so output is --output-format
-    p.add_argument("--output-format", dest="format", choices=["table", "json"], default="table",
-                   help="how to print the result (default: table)")
+    p.add_argument("--format", choices=["table", "json", "onnx", "openvino"], default="table",
+                   help="how to print the result: table (default) or json")
+    p.add_argument("--output-format", dest="format", choices=["table", "json"], help=argparse.SUPPRESS)  # deprecated
+    add_overwrite_arg(p, "export")
+    add_quiet_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args):
-    from ..export import export
+    import time
 
-    sidecar = export(args.model, args.out, args.graph_format, revision=args.revision)
+    from ..errors import SigliteError
+    from ..export import export
+    from ..fileio import staged_dir
+
+    if args.format in ("onnx", "openvino"):
+        if args.graph_format not in (None, args.format):
+            raise SigliteError(f"--format {args.format} and --graph-format {args.graph_format} disagree")
+        warn(args, f"--format {args.format} is deprecated for the graph format; use --graph-format {args.format}")
+        args.graph_format, args.format = args.format, "table"
+    graph_format = args.graph_format or "onnx"
+    from ..progress import enabled
+
+    check_output_folder(args, args.out, markers=("siglite.json",), what="export")
+    t0 = time.perf_counter()
+    show = enabled(args.quiet)  # the exporter reports no steps: a start and an end line, for a person watching
+    if show:
+        warn(args, f"exporting {args.model} to {graph_format} (vision + text graphs; a minute for a base model) ...")
+    with staged_dir(args.out) as tmp:
+        sidecar = export(args.model, tmp, graph_format, revision=args.revision)
+    if show:
+        warn(args, f"exported in {time.perf_counter() - t0:.1f} s")
     emit([{"out": args.out, "format": sidecar.format, "engine": sidecar.engine, "precision": sidecar.precision,
            "graphs": ", ".join(f"{k}={v}" for k, v in sidecar.files.items())}], args.format)

@@ -1,11 +1,15 @@
 """siglite list: the known architectures."""
 
+import argparse
+
 from .common import add_format_arg, emit
 
 
 def register(sub):
     p = sub.add_parser("list", help="list known SigLIP and CLIP architectures",
-                       description="List the SigLIP and CLIP architectures siglite knows (hub id, resolution, widths).")
+                       description="List the SigLIP and CLIP architectures siglite knows (hub id, resolution, widths).",
+                       epilog="examples:\n  siglite list\n  siglite list --format json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_format_arg(p)
     p.set_defaults(run=run)
 

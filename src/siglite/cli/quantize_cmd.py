@@ -1,58 +1,71 @@
 """siglite quantize: INT8 post-training quantization with calibration images; writes an exported folder and a
 report (quant_report.json / .md) that `siglite.load(DIR)` and every command serve like any model."""
 
-from .common import add_format_arg, emit
+import argparse
+
+from .common import add_format_arg, add_overwrite_arg, add_quiet_arg, check_output_folder, emit, existing_file, \
+    nonnegative_int, positive_int
+
+# Spelled here, not imported: `siglite --help` must not import torch (tests/test_cli.py checks these against
+# quant.int8.RECIPES / FidelityTarget and tasks.quantize.ENGINES).
+RECIPES = ("siglite", "dynamic", "naive")
+ENGINES = ("onnxruntime", "openvino")
+TARGET_MEAN, TARGET_LOW = 0.998, 0.995
 
 
 def register(sub):
-    from ..quant.int8 import RECIPES, FidelityTarget
-    from ..tasks.quantize import ENGINES
-
     p = sub.add_parser("quantize", help="INT8 post-training quantization (calibrated, outlier-aware)",
                        description="Quantize the linear layers of both towers to INT8 (per-channel weights, "
                                    "SmoothQuant outlier migration chosen per layer, a measured sensitivity pass "
                                    "that keeps damaging layers in float32) and export ONNX graphs for the engine.",
-                       epilog="example: siglite quantize --model google/siglip-base-patch16-224 --calib photos/ "
-                              "--out siglip-int8\n         siglite classify cat.jpg --model siglip-int8 "
-                              "--labels cat dog")
+                       epilog="examples:\n"
+                              "  siglite quantize --model google/siglip-base-patch16-224 --calib photos/ "
+                              "--out siglip-int8\n  siglite classify cat.jpg --model siglip-int8 --labels cat dog",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", "-m", required=True, help="checkpoint folder, hub id, or a name from `siglite list`")
     p.add_argument("--calib", required=True,
                    help="calibration images: folder, glob, list file, tar shards or parquet (as `siglite embed`)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--engine", choices=ENGINES, default="onnxruntime", help="runtime that serves the INT8 graphs")
-    p.add_argument("--num-calib", type=int, default=256, help="calibration images (default: %(default)s)")
-    p.add_argument("--num-check", type=int, default=16,
+    p.add_argument("--num-calib", type=positive_int, default=256, help="calibration images (default: %(default)s)")
+    p.add_argument("--num-check", type=positive_int, default=16,
                    help="further images and texts held out to measure fidelity (default: %(default)s)")
-    p.add_argument("--calib-text", default=None, help="text file, one calibration text per line (default: built-in)")
-    p.add_argument("--recipe", choices=list(RECIPES), default="siglite",
+    p.add_argument("--calib-text", type=existing_file, default=None,
+                   help="text file, one calibration text per line (default: built-in)")
+    p.add_argument("--recipe", choices=RECIPES, default="siglite",
                    help="siglite (default); dynamic and naive are the plain conversions, for comparison")
-    p.add_argument("--target", type=float, default=FidelityTarget.mean,
+    p.add_argument("--target", type=float, default=TARGET_MEAN,
                    help="cosine mean every output must reach on held-out inputs (default: %(default)s)")
-    p.add_argument("--target-low", type=float, default=FidelityTarget.low,
+    p.add_argument("--target-low", type=float, default=TARGET_LOW,
                    help="1%%-low cosine every output must reach (default: %(default)s)")
-    p.add_argument("--sensitivity-samples", type=int, default=4,
+    p.add_argument("--sensitivity-samples", type=nonnegative_int, default=4,
                    help="held-out images (and texts) per per-layer measurement; 0 measures only when the fully "
                         "quantized model misses the target (default: %(default)s)")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    add_overwrite_arg(p, "quantized folder")
+    add_quiet_arg(p)
     add_format_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args):
+    import shutil
     import sys
+    from pathlib import Path
 
     from ..quant.int8 import FidelityTarget
     from ..tasks.quantize import quantize
 
-    if args.num_calib < 1 or args.num_check < 1:
-        raise ValueError("--num-calib and --num-check must be at least 1")
+    check_output_folder(args, args.out, markers=("siglite.json", "quant_report.json"), what="quantized model")
+    if args.overwrite and Path(args.out).is_dir():
+        shutil.rmtree(args.out)  # checked above: a folder this command wrote
     rep = quantize(args.model, args.calib, args.out, engine=args.engine, recipe=args.recipe,
                    target=FidelityTarget(args.target, args.target_low), num_calib=args.num_calib,
                    num_check=args.num_check,
                    calib_texts=args.calib_text, preprocess=args.preprocess,
                    sensitivity_samples=args.sensitivity_samples, revision=args.revision,
-                   progress=lambda line: print(line, file=sys.stderr))
+                   progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
     rows = []
     for output, s in rep["fidelity"]["runtime"].items():
         if isinstance(s, dict):

@@ -1,30 +1,40 @@
 """siglite synth: write the procedural coloured-shapes dataset (images, class folders, captions JSONL)."""
 
-from .common import add_format_arg, emit
+import argparse
+
+from .common import add_format_arg, add_overwrite_arg, add_quiet_arg, emit, nonnegative_int, positive_int, \
+    progress_bar
+
+# Spelled here so that `siglite --help` does not import the generator (tests check them against data.synthetic).
+N_CLASSES, DEFAULT_IMAGE_SIZE = 25, 32
 
 
 def register(sub):
-    from ..data.synthetic import CLASSNAMES, DEFAULT_IMAGE_SIZE
-
     p = sub.add_parser("synth", help="write a procedural image-caption dataset of coloured shapes",
-                       description=f"Write {len(CLASSNAMES)} classes (colour x shape) of generated images as an "
+                       description=f"Write {N_CLASSES} classes (colour x shape) of generated images as an "
                                    "ImageNet-style folder (one sub-folder per class, classnames.txt) and, with "
                                    "--jsonl, captions.jsonl for retrieval and training. Same seed -> same bytes.",
                        epilog="examples:\n  siglite synth --out shapes-train --per-class 400 --seed 0 --jsonl\n"
-                              "  siglite synth --out shapes-test --per-class 20 --seed 1")
-    p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--per-class", type=int, default=20, help="images per class (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                              "  siglite synth --out shapes-test --per-class 20 --seed 1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", "-o", required=True, help="output folder (new or empty; see --overwrite)")
+    p.add_argument("--per-class", type=positive_int, default=20, help="images per class (default: 20)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
+    p.add_argument("--image-size", type=positive_int, default=DEFAULT_IMAGE_SIZE,
                    help=f"image side in pixels (default: {DEFAULT_IMAGE_SIZE})")
     p.add_argument("--jsonl", action="store_true", help="also write captions.jsonl ({image, captions, label} per line)")
+    add_overwrite_arg(p, "dataset (a folder holding classnames.txt)")
+    add_quiet_arg(p)
     add_format_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args):
+    from ..fileio import check_output_dir
     from ..data.synthetic import write_folder
 
-    if args.per_class < 1:
-        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-    emit([write_folder(args.out, args.per_class, args.seed, args.image_size, jsonl=args.jsonl)], args.format)
+    check_output_dir(args.out, overwrite=args.overwrite, markers=("classnames.txt",), what="dataset")
+    with progress_bar(args, args.per_class * N_CLASSES, "synth", "img") as bar:
+        record = write_folder(args.out, args.per_class, args.seed, args.image_size, jsonl=args.jsonl,
+                              overwrite=args.overwrite, progress=bar)
+    emit([record], args.format)

@@ -63,7 +63,7 @@ def read_classnames(path: str | Path) -> list[str] | dict[str, str]:
             return {str(k): v for k, v in data.items()}
         raise SigliteError(f"{path}: expected a JSON list of class names or a dict of name -> class name")
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except FileNotFoundError:
         raise SigliteError(f"{path}: no such file") from None
     names = [n for n in names if n]
@@ -207,9 +207,17 @@ def read_cifar100(root: str | Path, split: str = CIFAR_TEST,
     return LabelledImages(images, labels, _apply_classnames(found, classnames, str(path)), str(path))
 
 
+CLASSNAMES_FILE = "classnames.txt"  # read from a dataset folder when no --classnames is given
+
+
 def read_classification(path: str | Path, classnames: str | Path | None = None) -> LabelledImages:
-    """A CIFAR-100 folder (with ``test`` and ``meta``, or a ``cifar-100-python`` inside) or an ImageNet-style one."""
+    """A CIFAR-100 folder (with ``test`` and ``meta``, or a ``cifar-100-python`` inside) or an ImageNet-style one.
+
+    Without `classnames`, a ``classnames.txt`` beside the class folders (as ``siglite synth`` writes) names the
+    classes; folder names like ``n01440764`` would otherwise become the prompts and zero-shot scores collapse."""
     path = Path(path)
+    if classnames is None and (path / CLASSNAMES_FILE).is_file():
+        classnames = path / CLASSNAMES_FILE
     names = read_classnames(classnames) if classnames else None
     if is_cifar_folder(path) or is_cifar_folder(path / "cifar-100-python"):
         return read_cifar100(path, classnames=names)
@@ -228,7 +236,7 @@ def read_captions_jsonl(path: str | Path, images_root: str | Path | None = None)
     path = Path(path)
     root = Path(images_root) if images_root else path.parent
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise SigliteError(f"{path}: no such file") from None
     items = []

@@ -150,7 +150,7 @@ class ListSource(FileSource):
     def _list(self) -> list[Item]:
         base = os.path.dirname(os.path.abspath(self.spec))
         paths = []
-        with open(self.spec, encoding="utf-8") as f:
+        with open(self.spec, encoding="utf-8-sig") as f:
             for line in f:
                 line = line.strip()
                 if line and not line.startswith("#"):
@@ -353,7 +353,7 @@ class TextSource(Source):
 
     def _list(self) -> list[Item]:
         try:
-            lines = Path(self.spec).read_text(encoding="utf-8").splitlines()
+            lines = Path(self.spec).read_text(encoding="utf-8-sig").splitlines()
         except UnicodeDecodeError as exc:
             raise SigliteError(f"{self.spec}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         items = []

@@ -180,7 +180,7 @@ def folder_name(classname: str) -> str:
 
 
 def write_folder(out: str | Path, n_per_class: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, *,
-                 jsonl: bool = True) -> dict:
+                 jsonl: bool = True, overwrite: bool = False, progress=None) -> dict:
     """Write `n_per_class` images per class as an ImageNet-style folder.
 
     Layout: `out/<class>/<index>.png` (class folders named by `folder_name`, sorted in CLASSNAMES order),
@@ -188,20 +188,42 @@ def write_folder(out: str | Path, n_per_class: int, seed: int = 0, image_size: i
     line per image, `{"image": "<class>/<index>.png", "captions": [...], "label": "red circle"}` with the image
     path relative to the JSONL's folder and the main caption first.
 
+    The dataset is built in a temporary sibling folder and swapped in when complete, so an interrupted run leaves
+    nothing half-written and a replaced dataset keeps no stale images or captions of the old one.
+
+    Args:
+        out: The dataset folder.
+        n_per_class: Images per class (>= 1).
+        seed: Random seed; the same seed writes the same bytes.
+        image_size: Image side in pixels.
+        jsonl: Also write captions.jsonl.
+        overwrite: Replace an existing dataset (one with classnames.txt); refused otherwise.
+        progress: Called with 1 per image written (`siglite.progress`).
+
     Returns a record: folder, images, classes, jsonl (path or None).
+
+    Raises:
+        SigliteError: `out` is a file, its parent is missing, or it is a non-empty folder and `overwrite` is false
+            or it is not a dataset this function wrote.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in CLASSNAMES:
-        (out / folder_name(name)).mkdir(exist_ok=True)
-    (out / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
+    from ..errors import SigliteError
+    from ..fileio import check_output_dir, staged_dir
+
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
+        raise SigliteError(f"per-class must be a positive integer, got {n_per_class!r}")
+    out = check_output_dir(out, overwrite=overwrite, markers=("classnames.txt",), what="dataset")
     rows = []
-    for i, (img, attrs) in enumerate(generate_with_attributes(n_per_class * len(CLASSNAMES), seed, image_size)):
-        rel = f"{folder_name(attrs.classname)}/{i // len(CLASSNAMES):05d}.png"
-        img.save(out / rel, optimize=False)
-        rows.append({"image": rel, "captions": attrs.captions(), "label": attrs.classname})
-    path = None
-    if jsonl:
-        path = out / "captions.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with staged_dir(out) as tmp:
+        for name in CLASSNAMES:
+            (tmp / folder_name(name)).mkdir()
+        (tmp / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
+        for i, (img, attrs) in enumerate(generate_with_attributes(n_per_class * len(CLASSNAMES), seed, image_size)):
+            rel = f"{folder_name(attrs.classname)}/{i // len(CLASSNAMES):05d}.png"
+            img.save(tmp / rel, optimize=False)
+            rows.append({"image": rel, "captions": attrs.captions(), "label": attrs.classname})
+            if progress is not None:
+                progress(1)
+        if jsonl:
+            (tmp / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = out / "captions.jsonl" if jsonl else None
     return {"folder": str(out), "images": len(rows), "classes": len(CLASSNAMES), "jsonl": str(path) if path else None}

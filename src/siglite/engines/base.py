@@ -53,3 +53,24 @@ def check_pooled(has_pooled: bool, tokens: bool) -> None:
     head (SigLIP with ``vision_use_head: false``): its tokens are all there is."""
     if not has_pooled and not tokens:
         raise SigliteError("this checkpoint has no pooling head (vision_use_head is false); use tokens=True")
+
+
+def check_device(device: str | None) -> None:
+    """Raises a one-line `SigliteError` for a device torch cannot use here (an unknown name such as "gpu", CUDA on a
+    build or machine without it, a GPU index past the last one), instead of torch's AssertionError deep in a load."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        hint = "; did you mean 'cuda'?" if str(device).lower() in ("gpu", "nvidia") else ""
+        raise SigliteError(f"unknown device {device!r} (cpu, cuda, cuda:N, mps){hint}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+            raise SigliteError(f"device {device!r}: torch sees no CUDA GPU (torch {torch.__version__}, {why}); "
+                               f"use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SigliteError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")

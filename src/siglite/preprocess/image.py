@@ -214,8 +214,9 @@ def decode(
     frame of animations is used; EXIF orientation is applied (also for PIL images, so a file gives the same pixels
     whichever way it is passed). Transparency is composited onto ``background`` exactly as transformers'
     ``convert_to_rgb`` does onto white. 16-bit grayscale is scaled to 8 bits by rounding ``v / 257`` (PIL itself would
-    clip at 255). Float ('F') images are taken on a 0-255 scale, NaN as 0, clipped and truncated like PIL's own
-    conversion. Arrays must be uint8: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; use
+    clip at 255). Float ('F') images whose values all lie in 0..1 are scaled by 255 (rounded); other float images are
+    taken on a 0-255 scale, NaN as 0, clipped and truncated like PIL's own conversion. Arrays must be uint8:
+    ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA; use
     `from_bgr` first for OpenCV arrays.
 
     Args:
@@ -376,8 +377,13 @@ def _wide_int_to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def _float_to_uint8(values: np.ndarray) -> np.ndarray:
-    # Same as PIL's F -> L conversion (clip to 0..255, truncate), with NaN defined as 0 instead of left to C casting.
+    # Float images come on two scales: 0..1 (scikit-image, tifffile, most float TIFF writers) and 0..255. An image
+    # whose finite values all lie in 0..1 is taken as 0..1 and scaled by 255 with rounding (truncating it as PIL does
+    # would decode it as black); otherwise as PIL's F -> L conversion: clip to 0..255, truncate. NaN is 0.
     v = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    finite = values[np.isfinite(values)]
+    if finite.size and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0:
+        return np.rint(np.clip(v, 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.clip(v, 0.0, 255.0).astype(np.uint8)
 
 

@@ -263,17 +263,19 @@ def add_ratios(records: list[dict], baseline: str = "transformers") -> list[dict
 # -- the benchmark ----------------------------------------------------------------------------------------------------
 
 
-def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions: Sequence[str] = ("float32",),
+def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precisions: Sequence[str | None] = (None,),
           batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = ("model",), iters: int = 20,
           warmup: int = 3, device: str | None = None, baseline: str | None = None, images: Sequence | None = None,
           preprocess: str = "resize", threads: int | None = None, label: str | None = None,
-          skip_unavailable: bool = False, decode: str = "cpu") -> list[dict]:
+          skip_unavailable: bool = False, decode: str = "cpu", progress=None) -> list[dict]:
     """Benchmark the vision tower of the checkpoint in `folder`.
 
     Args:
         folder: A hub-layout checkpoint folder (a vision-only one is enough).
-        engines: siglite engine names to time.
-        precisions: Precisions (dtype names) to time each engine at.
+        engines: siglite engine names to time; None is the folder's own (the engine an exported or quantized
+            folder's siglite.json names, else torch), as `siglite.load` picks it.
+        precisions: Precisions (dtype names) to time each engine at; None is the engine's default (an exported
+            folder's precision is fixed at export time).
         batch_sizes: Requested batch sizes (shrunk on out-of-memory; ``batch_size`` records what ran).
         modes: "model" (encode preprocessed pixels) and/or "e2e" (decode + preprocess + encode).
         iters: Timed iterations per record.
@@ -286,6 +288,7 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
         label: The model name to put in records (default: the folder).
         skip_unavailable: Log and skip engine/precision pairs that cannot load instead of raising.
         decode: siglite's e2e decode: "cpu" (`preprocess.image`) or "gpu" (`preprocess.gpu`, nvJPEG).
+        progress: Called with 1 after each measurement (`siglite.progress`).
 
     Returns:
         One flat record per target x mode x batch size.
@@ -328,6 +331,8 @@ def bench(folder: str | Path, *, engines: Sequence[str] = ("torch",), precisions
                 records.append({"model": label or str(folder), "image_size": f"{cfg.height}x{cfg.width}",
                                 **rec, "threads": torch.get_num_threads() if not _is_cuda(target.device) else None})
                 log.info("%s", records[-1])
+                if progress is not None:
+                    progress(1)
         del target  # free this engine's weights before loading the next
         gc.collect()
         if torch.cuda.is_available():
@@ -341,30 +346,42 @@ def bench_spec(spec_name: str, *, vision_layers: int | None = None, seed: int = 
     from ..checkpoints import random_model, save_checkpoint
     from ..registry import get_spec
 
+    if vision_layers is not None and (isinstance(vision_layers, bool) or vision_layers < 1):
+        raise SigliteError(f"vision_layers must be a positive integer, got {vision_layers!r}")
+
     spec = get_spec(spec_name)
     with tempfile.TemporaryDirectory(prefix="siglite-bench-") as tmp:
         save_checkpoint(random_model(spec, seed=seed, vision_layers=vision_layers, text=False), tmp, spec)
-        label = spec.name + (f" ({vision_layers} layers)" if vision_layers else "") + " [random weights]"
+        label = spec.name + (f" ({vision_layers} layers)" if vision_layers is not None else "") + " [random weights]"
         return bench(tmp, label=kw.pop("label", None) or label, **kw)
 
 
 # -- output -----------------------------------------------------------------------------------------------------------
 
 
+RECORD_SUFFIXES = (".json", ".csv")
+
+
 def write_records(records: list[dict], path: str | Path) -> Path:
-    """Write records as JSON (a list) or CSV (columns: the union of keys in first-seen order), by suffix."""
+    """Write records as JSON (a list) or CSV (columns: the union of keys in first-seen order), by suffix; atomically
+    (a temporary file renamed over `path`)."""
+    from ..fileio import atomic_write
+
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        columns = list(dict.fromkeys(k for r in records for k in r))
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(records)
-    elif path.suffix.lower() == ".json":
-        path.write_text(json.dumps(records, indent=2) + "\n")
-    else:
+    if path.suffix.lower() not in RECORD_SUFFIXES:
         raise SigliteError(f"{path}: records are written as .json or .csv")
-    return path
+
+    def write(tmp: Path):
+        if path.suffix.lower() == ".csv":
+            columns = list(dict.fromkeys(k for r in records for k in r))
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(records)
+        else:
+            tmp.write_text(json.dumps(records, indent=2) + "\n")
+
+    return atomic_write(path, write)
 
 
 def plot_records(records: list[dict], path: str | Path) -> Path:
@@ -393,7 +410,9 @@ def plot_records(records: list[dict], path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from ..fileio import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return Path(path)
 

@@ -42,14 +42,14 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def class_embeddings(model: Model, classnames: Sequence[str], templates: Sequence[str] | str = DEFAULT_TEMPLATE,
-                     *, batch_size: int | None = None) -> np.ndarray:
+                     *, batch_size: int | None = None, progress=None) -> np.ndarray:
     """Unit-norm (C, P) class embeddings: each class's prompt embeddings normalised, averaged over the templates and
     renormalised (CLIP_benchmark ``zero_shot_classifier``). Templates use ``{c}`` (CLIP_benchmark) or ``{}``."""
     templates = [templates] if isinstance(templates, str) else list(templates)
     if not classnames or not templates:
         raise SigliteError("zero-shot needs at least one class name and one template")
     prompts = [t.format(c, c=c) for c in classnames for t in templates]
-    emb = _normalize(model.text_features(prompts, batch_size=batch_size))
+    emb = _normalize(model.text_features(prompts, batch_size=batch_size, progress=progress))
     return _normalize(emb.reshape(len(classnames), len(templates), -1).mean(axis=1))
 
 
@@ -65,7 +65,7 @@ def _failure_fields(failures: list[tuple[int, str]]) -> dict:
 
 def zero_shot(model: Model, dataset: LabelledImages, classnames: Sequence[str] | None = None,
               templates: Sequence[str] | str = DEFAULT_TEMPLATE, *, preprocess: str = "resize",
-              batch_size: int | None = None) -> dict:
+              batch_size: int | None = None, progress=None) -> dict:
     """Zero-shot classification accuracy.
 
     Images are ranked against the class embeddings by their logits (the sigmoid is monotonic, so probabilities
@@ -78,6 +78,7 @@ def zero_shot(model: Model, dataset: LabelledImages, classnames: Sequence[str] |
         templates: One template or a list (an ensemble), e.g. from `read_templates`.
         preprocess: "resize" (the checkpoint's processor) or "letterbox" (the seed's aspect-preserving recipe).
         batch_size: Images and prompts per forward pass.
+        progress: Called with the number of prompts, then images, done after each batch (`siglite.progress`).
 
     Returns:
         A flat record with ``acc1``, ``acc5`` (None when there are fewer than 5 classes, where CLIP_benchmark
@@ -86,8 +87,9 @@ def zero_shot(model: Model, dataset: LabelledImages, classnames: Sequence[str] |
     classnames = list(classnames if classnames is not None else dataset.classnames)
     if dataset.labels and max(dataset.labels) >= len(classnames):
         raise SigliteError(f"{dataset.source}: label {max(dataset.labels)} but only {len(classnames)} class names")
-    classes = class_embeddings(model, classnames, templates, batch_size=batch_size)
-    out = model.encode_images(dataset.images, preprocess=preprocess, batch_size=batch_size, on_error="skip")
+    classes = class_embeddings(model, classnames, templates, batch_size=batch_size, progress=progress)
+    out = model.encode_images(dataset.images, preprocess=preprocess, batch_size=batch_size, on_error="skip",
+                              progress=progress)
     n_templates = 1 if isinstance(templates, str) else len(templates)
     record = {"task": "zeroshot", **_model_fields(model), "dataset": dataset.source, "preprocess": preprocess,
               "n_classes": len(classnames), "n_templates": n_templates, "n": len(out.indices)}
@@ -108,7 +110,7 @@ def zero_shot(model: Model, dataset: LabelledImages, classnames: Sequence[str] |
 
 
 def retrieval(model: Model, items: Sequence[dict], k: Sequence[int] = RECALL_K, *, preprocess: str = "resize",
-              batch_size: int | None = None) -> dict:
+              batch_size: int | None = None, progress=None) -> dict:
     """Image-text retrieval recall@k, as CLIP_benchmark computes and names it.
 
     ``image_retrieval_recall@k``: for each caption (text -> image), is its image among the k best images.
@@ -122,18 +124,20 @@ def retrieval(model: Model, items: Sequence[dict], k: Sequence[int] = RECALL_K, 
         k: The cut-offs.
         preprocess: "resize" or "letterbox".
         batch_size: Images and captions per forward pass.
+        progress: Called with the number of images, then captions, done after each batch.
     """
     if not items:
         raise SigliteError("retrieval: no items")
     out = model.encode_images([it["image"] for it in items], preprocess=preprocess, batch_size=batch_size,
-                              on_error="skip")
+                              on_error="skip", progress=progress)
     if not out.indices:
         raise SigliteError(f"retrieval: no image could be decoded ({len(out.failures)} failed)")
     texts, text_image = [], []  # text_image[t] = row of caption t's image in the image embeddings
     for row, i in enumerate(out.indices):
         texts += items[i]["captions"]
         text_image += [row] * len(items[i]["captions"])
-    scores = _normalize(model.text_features(texts, batch_size=batch_size)) @ _normalize(out.features).T  # (T, I)
+    text_emb = _normalize(model.text_features(texts, batch_size=batch_size, progress=progress))
+    scores = text_emb @ _normalize(out.features).T  # (T, I)
     positives = np.zeros(scores.shape, bool)
     positives[np.arange(len(texts)), text_image] = True
     record = {"task": "retrieval", **_model_fields(model), "preprocess": preprocess, "n_images": len(out.indices),
@@ -157,7 +161,8 @@ def _summary_fields(prefix: str, cos: np.ndarray, mse: np.ndarray) -> dict:
 
 def fidelity(reference: Model, candidate: Model, images: Sequence, labels: Sequence[int] | None = None,
              classnames: Sequence[str] | None = None, *, templates: Sequence[str] | str = DEFAULT_TEMPLATE,
-             preprocess: str = "resize", batch_size: int | None = None, per_image: bool = False) -> dict:
+             preprocess: str = "resize", batch_size: int | None = None, per_image: bool = False,
+             progress=None) -> dict:
     """How closely `candidate` (another engine or precision of the same model) reproduces `reference`.
 
     Both see the same preprocessed pixels. Per image: cosine similarity and MSE of ``last_hidden_state`` flattened
@@ -177,6 +182,7 @@ def fidelity(reference: Model, candidate: Model, images: Sequence, labels: Seque
         preprocess: "resize" or "letterbox" (the seed measured with letterbox).
         batch_size: Images per forward pass.
         per_image: Also return the per-image arrays under ``"per_image"`` (not a flat field).
+        progress: Called with the number of images done after each batch.
     """
     if reference.image_config is None or candidate.image_config is None:
         raise SigliteError("fidelity needs two models with a vision tower")
@@ -206,6 +212,8 @@ def fidelity(reference: Model, candidate: Model, images: Sequence, labels: Seque
             pooled_ref.append(p_ref)
             pooled_cand.append(p_cand)
         kept += [start + i for i in ok]
+        if progress is not None:
+            progress(len(chunk))
     if not kept:
         raise SigliteError(f"fidelity: no image could be decoded ({len(failures)} failed)")
     values = {name: np.concatenate(v) for name, v in metrics.items() if v}

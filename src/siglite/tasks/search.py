@@ -8,64 +8,20 @@ modalities (a text against images, or an image against texts) each hit also gets
 from __future__ import annotations
 
 import heapq
-import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import SigliteError
-from .embed import DONE_DIR, EMB_DIRS, MANIFEST, METADATA_DIR, model_fingerprint
+from .embed.runner import model_fingerprint
+from .embed.store import EmbeddingStore, open_store
 from ..data.sources import require_pyarrow
 
 if TYPE_CHECKING:
     from ..pipeline import Model
 
 CHUNK_ROWS = 65_536  # rows scored at once: (65536, D) float32 stays a few hundred MB even at D = 1152
-
-
-@dataclass
-class EmbeddingStore:
-    """The finished shards of an embed output folder."""
-
-    path: Path
-    manifest: dict
-    modality: str
-    parts: list[tuple[Path, Path]]  # (embeddings .npy, metadata .parquet), shard order
-
-    @property
-    def rows(self) -> int:
-        return sum(np.load(emb, mmap_mode="r").shape[0] for emb, _ in self.parts)
-
-
-def open_store(out: str | os.PathLike) -> EmbeddingStore:
-    """Opens an embed output folder (complete or not: shards with a done marker are searched).
-
-    Raises:
-        SigliteError: If the folder has no manifest or no pooled embeddings.
-    """
-    path = Path(out)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise SigliteError(f"{path}: no {MANIFEST}; not an output folder of `siglite embed`")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except ValueError as exc:
-        raise SigliteError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    modality = manifest.get("modality", "image")
-    if not (manifest.get("dims") or {}).get("emb"):
-        raise SigliteError(f"{path}: holds token outputs only (no pooled embeddings to search)")
-    parts = []
-    for k in range(int(manifest.get("shards", 0))):
-        name = f"part-{k:05d}"
-        emb, meta = path / EMB_DIRS[modality] / f"{name}.npy", path / METADATA_DIR / f"{name}.parquet"
-        if (path / DONE_DIR / f"{name}.json").is_file() and emb.is_file() and meta.is_file():
-            parts.append((emb, meta))
-    if not parts:
-        raise SigliteError(f"{path}: no finished shards yet")
-    return EmbeddingStore(path, manifest, modality, parts)
 
 
 def top_k(store: EmbeddingStore, query: np.ndarray, k: int = 10) -> list[tuple[float, int, int]]:
@@ -95,12 +51,16 @@ def top_k(store: EmbeddingStore, query: np.ndarray, k: int = 10) -> list[tuple[f
     return [(s, -p, -r) for s, p, r in sorted(best, reverse=True)]
 
 
-def search(model: Model, out: str | os.PathLike, *, text: str | None = None, image=None, top: int = 10) -> list[dict]:
+def search(model: Model, out: str | os.PathLike, *, text: str | None = None, image=None, top: int = 10,
+           partial: bool = False) -> list[dict]:
     """Embeds one query (a text, or an image path) with `model` and returns the `top` nearest stored rows.
 
     Returns:
         Records best first: rank, score (cosine), prob (SigLIP sigmoid, for a query of the other modality), id, key,
-        and image_path or caption.
+        and source or caption.
+
+    Args:
+        partial: Search an unfinished output's finished shards (refused by default: see `embed.store.open_store`).
 
     Raises:
         SigliteError: Without exactly one query, when `model` is not the model that made the embeddings, or on a bad
@@ -110,7 +70,7 @@ def search(model: Model, out: str | os.PathLike, *, text: str | None = None, ima
         raise SigliteError("give a text query or --image, not both and not neither")
     if top < 1:
         raise SigliteError(f"--top must be a positive integer, got {top}")
-    store = open_store(out)
+    store = open_store(out, partial=partial)
     made_with = store.manifest.get("model", {}).get("fingerprint")
     if made_with and made_with != model_fingerprint(model):
         raise SigliteError(f"{store.path} was embedded with another model ({store.manifest['model'].get('name')}); "

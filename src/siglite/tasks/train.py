@@ -19,9 +19,12 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import signal
 import string
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,7 +163,7 @@ def load_pairs(path: str | Path) -> list[Pair]:
         path = path / CAPTIONS_JSONL
     items = read_captions_jsonl(path)
     # the reader keeps image and captions only; "label" is read here from the same non-blank lines
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     return [Pair(item["image"], item["captions"], row.get("label")) for item, row in zip(items, rows)]
 
 
@@ -335,7 +338,9 @@ def match_labels(captions: torch.Tensor, classes: torch.Tensor | None, positives
 def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | None = None, arch: Arch | None = None,
           steps: int = 1000, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.05,
           warmup: int | None = None, seed: int = 0, positives: str = "label", log_every: int = 50,
-          callback: Callable[[dict, torch.nn.Module], None] | None = None) -> TrainResult:
+          callback: Callable[[dict, torch.nn.Module], None] | None = None, overwrite: bool = False,
+          save_every: int | None = None, resume: bool = False,
+          progress: Callable[[int], None] | None = None) -> TrainResult:
     """Train a SigLIP with the sigmoid loss and save it in the hub layout.
 
     Args:
@@ -357,9 +362,22 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
         log_every: record (and log) loss, learning rate, t and b every this many steps.
         callback: called as callback(record, model) at every logged step, e.g. to evaluate on held-out data (the
             model is in training mode; switch to eval and back, and use no_grad).
+        overwrite: replace a model already in `out` (refused by default; only a folder holding a model or a
+            training.json is ever replaced).
+        save_every: write the model to `out` every this many steps (default: every 10% of `steps`), so a crash
+            or Ctrl-C loses at most that much; each file is replaced atomically, so `out` always loads. With it goes
+            ``train_state.pt`` (optimizer, schedule, data order and random state; removed when training completes).
+        resume: continue the unfinished run in `out` from its last saved step, with the same arguments; the result
+            equals an uninterrupted run bit for bit (tested).
+        progress: called with 1 after every step (`siglite.progress`).
 
     Returns:
         A `TrainResult`; the same summary is written to `out/training.json`.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C (a KeyboardInterrupt). The first Ctrl-C lets the running step finish, then
+            the model and training state are saved to `out` (``"complete": false`` in training.json) and `resume`
+            continues from there; a second Ctrl-C stops at once (the last periodic checkpoint is kept).
     """
     from ..checkpoints import save_checkpoint
     from ..preprocess.image import preprocess_batch
@@ -368,15 +386,30 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
         raise SigliteError(f"need steps >= 1 and batch_size >= 2, got steps={steps}, batch_size={batch_size}")
     if positives not in POSITIVES:
         raise SigliteError(f"unknown positives {positives!r}; choose one of {', '.join(POSITIVES)}")
+    if save_every is not None and (isinstance(save_every, bool) or save_every < 1):
+        raise SigliteError(f"save_every must be a positive integer, got {save_every!r}")
+    from ..fileio import check_output_dir
+
     start = time.perf_counter()
     out = Path(out)
+    same_folder = init is not None and Path(init).is_dir() and Path(init).resolve() == out.resolve()
+    state = _read_state(out) if resume else None
+    if not resume:
+        check_output_dir(out, overwrite=overwrite or same_folder, markers=MODEL_MARKERS, what="model")
+    pairs = as_pairs(data)  # read (and checked) before anything in `out` is touched
+    if overwrite and out.is_dir() and not same_folder and not resume:
+        shutil.rmtree(out)  # checked above: a model folder; its tokenizer must not mix with the new one
     out.mkdir(parents=True, exist_ok=True)
-    pairs = as_pairs(data)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
     captions = sorted({c for p in pairs for c in p.captions})
-    if init is not None:
+    if resume:
+        model, tokenizer, image_cfg, preprocessor = _from_checkpoint(out, out)
+        with torch.no_grad():  # fresh, aligned storage: kernels on loaded (file-offset) memory can round differently
+            for p in model.parameters():
+                p.data = p.data.clone()
+    elif init is not None:
         model, tokenizer, image_cfg, preprocessor = _from_checkpoint(init, out)
     else:
         model, tokenizer, image_cfg, preprocessor = _from_scratch(arch or Arch(), captions, out, seed)
@@ -400,10 +433,47 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, max(1, warmup)))
 
     history: list[dict] = []
+    save_every = save_every or max(1, steps // 10)
+    summary = {"init": str(init) if init is not None else None,
+               "arch": asdict(arch or Arch()) if init is None else None, "steps": steps, "batch_size": batch_size,
+               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "seed": seed, "positives": positives,
+               "pairs": n, "skipped": len(skipped), "classes": len(class_index)}
+    done = 0
     order, cursor = rng.permutation(n), 0
+    if state is not None:
+        if state["settings"] != summary:
+            diff = next(f"{k}: {state['settings'].get(k)!r} there, {summary.get(k)!r} now"
+                        for k in sorted(set(state["settings"]) | set(summary))
+                        if state["settings"].get(k) != summary.get(k))
+            raise SigliteError(f"{out}: the interrupted run had other arguments ({diff}); resume with the same ones")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        order, cursor = np.asarray(state["order"], dtype=np.int64), int(state["cursor"])
+        history, done = list(state["history"]), int(state["step"])
+        log.info("resuming %s at step %d/%d", out, done, steps)
+
+    def checkpoint(complete: bool, with_state: bool = True) -> None:
+        was_training = model.training
+        model.eval()
+        _save_atomic(model, out, preprocessor)
+        model.train(was_training)
+        if with_state:  # written after the weights: a state file never describes newer weights than are on disk
+            from ..fileio import atomic_write
+
+            blob = {"step": done, "settings": summary, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state, "order": order.tolist(),
+                    "cursor": cursor, "history": history}
+            atomic_write(out / TRAIN_STATE, lambda tmp: torch.save(blob, tmp))
+        final = history[-1]["loss"] if history else None
+        _write_json(out / "training.json", {**summary, "step": done, "complete": complete, "resumable": with_state,
+                                            "seconds": round(time.perf_counter() - start, 2), "final_loss": final,
+                                            "history": history})
+
     log.info("training %s on %d pairs (%d distinct captions, %d classes): %d steps of %d",
              "from scratch" if init is None else init, n, len(captions), len(class_index), steps, batch_size)
-    for step in range(steps):
+    def _train_step(step: int) -> int:
+        nonlocal order, cursor
         if cursor + batch_size > n:  # next epoch: reshuffle, drop the ragged tail
             order, cursor = rng.permutation(n), 0
         idx = order[cursor:cursor + batch_size]
@@ -430,14 +500,96 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
                      "%(seconds).1fs", record)
             if callback is not None:
                 callback(record, model)
+        return step + 1
 
+    # Ctrl-C is taken between steps: the first one lets the running step finish (so the saved weights, optimizer and
+    # data position agree, and --resume is exact); a second one stops at once.
+    stop_requested: list[bool] = []
+
+    def on_sigint(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(True)
+        log.warning("Ctrl-C: finishing this step, then saving (Ctrl-C again to stop now)")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    stepping = False
+    try:
+        if progress is not None and done:
+            progress(done)
+        for step in range(done, steps):
+            stepping = True
+            done = _train_step(step)
+            stepping = False
+            if stop_requested:
+                raise KeyboardInterrupt
+            if done % save_every == 0 and done < steps:
+                checkpoint(complete=False)
+            if progress is not None:
+                progress(1)
+    except KeyboardInterrupt:
+        # stopped inside a step: its update may be half applied, so keep the weights but not a resumable state
+        if done:
+            checkpoint(complete=False, with_state=not stepping)
+        raise TrainingInterrupted(out, done, steps, saved=done > 0, resumable=done > 0 and not stepping) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     model.eval()
-    save_checkpoint(model, out, image_config=preprocessor)
+    _save_atomic(model, out, preprocessor)
+    (out / TRAIN_STATE).unlink(missing_ok=True)
     result = TrainResult(out, n, skipped, round(time.perf_counter() - start, 2), history)
-    summary = {"init": str(init) if init is not None else None,
-               "arch": asdict(arch or Arch()) if init is None else None, "steps": steps, "batch_size": batch_size,
-               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "seed": seed, "positives": positives,
-               "pairs": n, "skipped": len(skipped), "classes": len(class_index), "seconds": result.seconds,
-               "final_loss": result.final_loss, "history": history}
-    (out / "training.json").write_text(json.dumps(summary, indent=2))
+    _write_json(out / "training.json", {**summary, "step": steps, "complete": True, "seconds": result.seconds,
+                                        "final_loss": result.final_loss, "history": history})
     return result
+
+
+
+# What makes `out` a model folder, the only kind --overwrite may replace.
+MODEL_MARKERS = ("config.json", "model.safetensors", "training.json")
+
+
+TRAIN_STATE = "train_state.pt"  # optimizer, schedule, data order, random state of an unfinished run
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: the model as of `step` (of `steps`) was saved to `folder` when `saved`, with the state
+    `train(..., resume=True)` continues from when `resumable`."""
+
+    def __init__(self, folder: Path, step: int, steps: int, saved: bool, resumable: bool = False):
+        super().__init__(f"interrupted at step {step}/{steps}")
+        self.folder, self.step, self.steps, self.saved, self.resumable = folder, step, steps, saved, resumable
+
+
+def _read_state(out: Path) -> dict:
+    path = out / TRAIN_STATE
+    if not path.is_file():
+        raise SigliteError(f"{out}: nothing to resume (no {TRAIN_STATE}: the run finished, or stopped before its "
+                           f"first save or inside a step)")
+    try:
+        return torch.load(path, weights_only=True)  # plain tensors and Python values: no unpickling of code
+    except Exception as e:  # noqa: BLE001 - any unreadable state is the same one-line error
+        raise SigliteError(f"{path}: unreadable training state ({type(e).__name__}: {e})") from None
+
+
+def _save_atomic(model: torch.nn.Module, out: Path, preprocessor: dict) -> None:
+    """save_checkpoint into a hidden folder inside `out`, then each file renamed over its old version: a reader (or a
+    crash mid-save) sees the previous checkpoint's files or the new ones, never a truncated model.safetensors."""
+    from ..testing import save_checkpoint
+
+    tmp = out / f".checkpoint.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        save_checkpoint(model, tmp, image_config=preprocessor)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    from ..fileio import write_json
+
+    write_json(path, obj)

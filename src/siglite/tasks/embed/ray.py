@@ -1,7 +1,7 @@
-"""``siglite embed --distributed ray``: an embed job's shards on a Ray cluster, through Ray Data.
+"""The Ray backend of ``siglite embed --distributed ray``: an embed job's shards on a Ray cluster, through Ray Data.
 
 Each pending shard becomes one row of a Ray dataset; ``map_batches`` hands rows to a fixed pool of `ShardWorker`
-actors (one per GPU, else one per CPU slot). An actor loads the model once and runs `embed.run_shards` on each shard
+actors (one per GPU, else one per CPU slot). An actor loads the model once and runs `runner.run_shards` on each shard
 it gets: the same batches, files and done markers as the single-process path, so the rows are the same and a killed
 Ray job resumes like any other. Actors write into the output folder themselves (on a multi-node cluster it must be on
 a filesystem every node sees, as must the inputs and the model folder); the driver only collects the shard records.
@@ -17,9 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import SigliteError
-from .embed import EmbedConfig, OutputDir, Shard, make_step, run_shards
-from ..data.sources import Source
+from ...errors import SigliteError
+from ...data.sources import Source
+from .runner import EmbedConfig, Shard, make_step, run_shards
+from .store import OutputDir
 
 
 def _ray():
@@ -44,7 +45,7 @@ class ShardWorker:
         self.dims = dims
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards = [Shard(int(k), pickle.loads(p)) for k, p in zip(batch["shard"], batch["items"])]
+        shards = [pickle.loads(p) for p in batch["shard"]]
         records = [json.dumps(r) for r in run_shards(self.step, shards, self.out, self.dims)]
         return {"record": np.array(records, dtype=object)}
 
@@ -79,7 +80,7 @@ def run_shards_ray(load_args: dict, source: Source, shards: list[Shard], cfg: Em
         cpus_per_actor = max(1, cpus // actors) if gpus else 1
         actor_cfg = dataclasses.replace(cfg, workers=workers or cpus_per_actor)
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts images, not blocks
-        rows = [{"shard": s.index, "items": pickle.dumps(s.items)} for s in shards]
+        rows = [{"shard": pickle.dumps(s)} for s in shards]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map_batches(
             ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
