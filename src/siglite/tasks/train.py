@@ -379,7 +379,6 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
             the model and training state are saved to `out` (``"complete": false`` in training.json) and `resume`
             continues from there; a second Ctrl-C stops at once (the last periodic checkpoint is kept).
     """
-    from ..checkpoints import save_checkpoint
     from ..preprocess.image import preprocess_batch
 
     if steps < 1 or batch_size < 2:
@@ -576,7 +575,7 @@ def _read_state(out: Path) -> dict:
 def _save_atomic(model: torch.nn.Module, out: Path, preprocessor: dict) -> None:
     """save_checkpoint into a hidden folder inside `out`, then each file renamed over its old version: a reader (or a
     crash mid-save) sees the previous checkpoint's files or the new ones, never a truncated model.safetensors."""
-    from ..testing import save_checkpoint
+    from ..checkpoints import save_checkpoint
 
     tmp = out / f".checkpoint.tmp-{os.getpid()}"
     if tmp.exists():
