@@ -12,6 +12,7 @@ from ..errors import SigliteError
 
 COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search", "export", "quantize",
             "synth", "train"]
+COMMANDS += ["serve"]
 
 EPILOG = """examples:
   siglite list
