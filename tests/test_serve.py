@@ -507,6 +507,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a fresh process imports torch and loads the model: 20-40 s on the shared 2-core machine
 def test_sigterm_finishes_inflight_requests_and_exits_0(sample_images):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "SIGLITE_API_KEY": KEY}
@@ -548,3 +549,81 @@ def test_cli_serve_refuses_bad_arguments(capsys):
     err = capsys.readouterr().err
     assert err.startswith("siglite serve: error:") and len(err.strip().splitlines()) == 1
     assert main(["serve", "--model", str(FIXTURE), "--max-batch-size", "0"]) == 1
+
+
+# -- units: batcher, readiness, CORS ----------------------------------------------------------------------------------
+
+
+def test_batcher_skips_abandoned_items_and_survives_engine_errors():
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from siglite.serve.batcher import Batcher, EngineFailed, QueueFull
+
+    calls: list[list] = []
+    gate = threading.Event()
+
+    def run(items):
+        calls.append(list(items))
+        gate.wait(10)
+        if "boom" in items:
+            raise ValueError("bad batch")
+        return [x * 2 for x in items]
+
+    async def main():
+        b = Batcher("t", run, ThreadPoolExecutor(1), max_batch_size=3, max_wait_ms=1, max_queue=5)
+        b.start()
+        first = b.submit(1)  # occupies the engine while the rest queue
+        while not calls:
+            await asyncio.sleep(0.01)
+        b.admit(5)
+        with pytest.raises(QueueFull):
+            b.admit(1)
+        b.release(5)
+        rest = [b.submit(x) for x in (2, 3, 4, 5, 6)]
+        rest[1].cancel()  # its request gave up: never reaches the engine
+        gate.set()
+        assert await first == 2
+        assert [await f for i, f in enumerate(rest) if i != 1] == [4, 8, 10, 12]
+        bad = b.submit("boom")
+        with pytest.raises(EngineFailed, match="bad batch"):
+            await bad
+        assert b.alive and await b.submit(7) == 14
+        await b.stop()
+        return calls
+
+    calls = asyncio.run(main())
+    assert calls[:3] == [[1], [2, 4, 5], [6]]  # 3 dropped; 5 items after the first span two batches of <= 3
+
+
+def test_not_ready_when_a_batch_worker_died():
+    import asyncio
+
+    from siglite.serve.app import LocalService
+
+    async def main():
+        service = LocalService({NAME: siglite.load(FIXTURE)}, ServeSettings(workers=1))
+        service.url_policy = UrlPolicy()
+        await service.start()
+        await service._warmup
+        assert service.readiness() == (True, "ready")
+        service.models[NAME].batchers["image"]._task.cancel()
+        await asyncio.sleep(0.05)
+        ok, why = service.readiness()
+        await service.stop()
+        return ok, why
+
+    ok, why = asyncio.run(main())
+    assert not ok and why == "batch worker stopped: tiny/image"
+
+
+def test_cors_only_for_configured_origins():
+    from fastapi.testclient import TestClient
+
+    app = build_local_app({}, ServeSettings(cors_origins=["https://app.example"]))  # preflight needs no model
+    client = TestClient(app)
+    pre = {"Access-Control-Request-Method": "POST"}
+    ok = client.options("/v1/embeddings", headers={"Origin": "https://app.example", **pre})
+    assert ok.headers.get("access-control-allow-origin") == "https://app.example"
+    other = client.options("/v1/embeddings", headers={"Origin": "https://evil.example", **pre})
+    assert "access-control-allow-origin" not in other.headers

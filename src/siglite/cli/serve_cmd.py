@@ -41,6 +41,8 @@ def register(sub):
                    help="width x height per image, checked before decoding (default %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in s; beyond: 504")
     p.add_argument("--workers", type=int, default=None, help="decode/preprocess threads (default: CPUs, at most 4)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the engine (default: torch's choice; decode threads come on top)")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: env SIGLITE_API_KEY)")
     p.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin")
@@ -97,6 +99,13 @@ def run(args):
         return run_ray(specs, load_args, settings, host=args.host, port=args.port, replicas=args.replicas)
     import siglite
     from ..serve.app import run_server
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SigliteError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     models = {name: siglite.load(path, **load_args) for name, path in specs.items()}
     return run_server(models, settings, host=args.host, port=args.port, log_level=args.log_level)

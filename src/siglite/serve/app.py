@@ -323,9 +323,17 @@ async def encode_items(service, sm: ServedModel, modality: str, inputs: list[str
         raise ApiError(500, str(exc), code="engine_error") from None
     finally:
         for t in tasks:  # a failed sibling, the deadline or a gone client: drop what is still queued
-            t.cancel()
+            _settle(t)
         batcher.release(len(inputs))
     return np.stack([np.asarray(r, dtype=np.float32) for r in rows])
+
+
+def _settle(task: asyncio.Future) -> None:
+    """Cancel a task still running; mark a finished one's exception as seen (the request already answered)."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
 
 
 def finish_embeddings(raw: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
@@ -538,7 +546,7 @@ def create_app(service_factory: Callable[[], object], settings: ServeSettings, m
                 cached.update(fresh)
             img = await images_task
         finally:
-            images_task.cancel()
+            _settle(images_task)
         txt = np.stack([cached[p] for p in prompts])
         scores, how = label_scores(sm.model, img, txt)
         k = min(req.top_k or len(req.labels), len(req.labels))
