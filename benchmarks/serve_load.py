@@ -63,14 +63,16 @@ def _free_port() -> int:
 class Server:
     """`siglite serve` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, folder: Path, max_batch_size: int, max_wait_ms: float, workers: int):
+    def __init__(self, folder: Path, max_batch_size: int, max_wait_ms: float, workers: int,
+                 threads: int | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "siglite.cli.main", "serve", "--model", f"m={folder}", "--host", "127.0.0.1",
              "--port", str(self.port), "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
-             "--workers", str(workers), "--max-queue", "4096", "--timeout", "120", "--log-level", "warning"],
+             "--workers", str(workers), "--max-queue", "4096", "--timeout", "120", "--log-level", "warning"]
+            + (["--threads", str(threads)] if threads else []),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> None:
@@ -134,8 +136,8 @@ def run_clients(url: str, images: list[str], clients: int, warmup: float, durati
 
 
 def serve_config(folder: Path, images: list[str], *, batch: int, max_wait_ms: float, clients: int, warmup: float,
-                 duration: float, workers: int) -> dict:
-    server = Server(folder, batch, max_wait_ms, workers)
+                 duration: float, workers: int, threads: int | None = None) -> dict:
+    server = Server(folder, batch, max_wait_ms, workers, threads)
     try:
         server.wait_ready()
         load0 = os.getloadavg()[0]
@@ -154,10 +156,11 @@ def serve_config(folder: Path, images: list[str], *, batch: int, max_wait_ms: fl
             "loadavg_1m": round((load0 + os.getloadavg()[0]) / 2, 2)}
 
 
-def bench_model_only(folder: Path, batch: int, iters: int) -> dict:
+def bench_model_only(folder: Path, batch: int, iters: int, threads: int | None = None) -> dict:
     from siglite.tasks.bench import bench
 
-    rec = bench(folder, batch_sizes=(batch,), modes=("model",), iters=iters, warmup=1, device="cpu")[0]
+    rec = bench(folder, batch_sizes=(batch,), modes=("model",), iters=iters, warmup=1, device="cpu",
+                threads=threads)[0]
     return {"img_s": round(rec["throughput_img_s"], 2), "p50_ms_per_batch": round(rec["latency_ms_p50"], 1),
             "batch_size": rec["batch_size"], "threads": rec.get("threads"), "loadavg_1m": round(os.getloadavg()[0], 2)}
 
@@ -171,6 +174,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8, help="dynamic batching's --max-batch-size (and bench's batch)")
     p.add_argument("--max-wait-ms", type=float, default=50.0)
     p.add_argument("--workers", type=int, default=2, help="server decode threads")
+    p.add_argument("--threads", type=int, default=None, help="torch threads, server and bench (default: torch's)")
     p.add_argument("--bench-iters", type=int, default=4)
     p.add_argument("--json", default=None, help="write the records here")
     args = p.parse_args(argv)
@@ -185,11 +189,12 @@ def main(argv=None) -> int:
             folder = FIXTURE if name == "tiny" else _random_checkpoint("siglip-base-patch16-224", Path(tmp) / "base")
             row = {"model": name, "image_size": "32x32" if name == "tiny" else "224x224"}
             if name == "base":
-                row["bench_model_only"] = bench_model_only(folder, args.batch, args.bench_iters)
+                row["bench_model_only"] = bench_model_only(folder, args.batch, args.bench_iters, args.threads)
                 print(f"[{name}] siglite bench model-only, batch {args.batch}: {row['bench_model_only']}", flush=True)
             for batch in (args.batch, 1):
                 rec = serve_config(folder, images, batch=batch, max_wait_ms=args.max_wait_ms, clients=args.clients,
-                                   warmup=args.warmup, duration=args.duration, workers=args.workers)
+                                   warmup=args.warmup, duration=args.duration, workers=args.workers,
+                                   threads=args.threads)
                 row[f"serve_batch{batch}"] = rec
                 print(f"[{name}] serve --max-batch-size {batch}: {rec}", flush=True)
             dyn, one = row[f"serve_batch{args.batch}"], row["serve_batch1"]
@@ -209,8 +214,10 @@ def main(argv=None) -> int:
             r = row[f"serve_batch{batch}"]
             print(f"| {row['model']} | serve --max-batch-size {batch} | {r['clients']} | {r['img_s']} | {r['p50_ms']} | "
                   f"{r['p99_ms']} | {r['mean_batch']} | {r['n_5xx']} | {r['sigterm_exit_code']} | {r['loadavg_1m']} |")
+    print()
+    for row in records:
         extra = f", served / bench = {row['served_vs_bench']:.1%}" if "served_vs_bench" in row else ""
-        print(f"\n{row['model']}: dynamic batching gain over --max-batch-size 1 = {row['batching_gain']}x{extra}")
+        print(f"{row['model']}: dynamic batching gain over --max-batch-size 1 = {row['batching_gain']}x{extra}")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=2))
     ok = all(row[k]["n_5xx"] == 0 for row in records for k in row if k.startswith("serve_"))
