@@ -203,7 +203,8 @@ def main(argv=None) -> int:
                 row["served_vs_bench"] = round(dyn["img_s"] / row["bench_model_only"]["img_s"], 3)
             records.append(row)
 
-    print("\n| model | config | clients | img/s (= req/s) | p50 ms | p99 ms | mean batch | 5xx | SIGTERM rc | load avg |")
+    print("\n| model | config | clients | img/s (= req/s) | p50 ms | p99 ms | mean batch | 5xx | SIGTERM rc "
+          "| load avg |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in records:
         if "bench_model_only" in row:
@@ -212,7 +213,8 @@ def main(argv=None) -> int:
                   f"{b['p50_ms_per_batch']} / batch | | | | | {b['loadavg_1m']} |")
         for batch in (args.batch, 1):
             r = row[f"serve_batch{batch}"]
-            print(f"| {row['model']} | serve --max-batch-size {batch} | {r['clients']} | {r['img_s']} | {r['p50_ms']} | "
+            print(f"| {row['model']} | serve --max-batch-size {batch} | {r['clients']} | {r['img_s']} | "
+                  f"{r['p50_ms']} | "
                   f"{r['p99_ms']} | {r['mean_batch']} | {r['n_5xx']} | {r['sigterm_exit_code']} | {r['loadavg_1m']} |")
     print()
     for row in records:

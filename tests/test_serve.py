@@ -315,12 +315,14 @@ def test_protocol_level_refusals(server, http):
                    headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401
     assert httpx.get(f"{server.url}/health/live").status_code == 200  # probes need no key
-    r = http.post("/v1/embeddings", content=b'{"model": "tiny", "input": ', headers={"Content-Type": "application/json"})
+    json_type = {"Content-Type": "application/json"}
+    r = http.post("/v1/embeddings", content=b'{"model": "tiny", "input": ', headers=json_type)
     assert r.status_code == 400
-    r = http.post("/v1/embeddings", content=b"x" * (600 * 1024), headers={"Content-Type": "application/json"})
+    r = http.post("/v1/embeddings", content=b"x" * (600 * 1024), headers=json_type)
     assert r.status_code == 413 and "body" in r.json()["error"]["message"]
     # no CORS unless --cors-origin
-    r = http.options("/v1/embeddings", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    r = http.options("/v1/embeddings",
+                     headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in r.headers
     assert http.post("/v1/embeddings", json={"model": NAME, "input": "ok"}).status_code == 200
 
@@ -493,7 +495,8 @@ def test_models_health_metrics(http):
     assert http.get("/health/ready").json()["status"] == "ready"
     text = http.get("/metrics").text
     for name in ('siglite_requests_total{route="/v1/embeddings",status="200"}', "siglite_queue_depth{",
-                 "siglite_batch_size_bucket{", 'siglite_stage_seconds_count{modality="image",model="tiny",stage="decode"}',
+                 "siglite_batch_size_bucket{",
+                 'siglite_stage_seconds_count{modality="image",model="tiny",stage="decode"}',
                  'stage="preprocess"', 'stage="model"', 'siglite_requests_total{route="/v1/embeddings",status="400"}'):
         assert name in text, name
 

@@ -1,7 +1,8 @@
 """`siglite serve --distributed ray`: the same app as a Ray Serve deployment on a local 2-CPU Ray cluster gives the
 library's embeddings and scores and the same 4xx answers.
 
-Slow (starting Ray and Serve takes tens of seconds on the shared 2-core machine): `pytest -m slow tests/test_serve_ray.py`.
+Slow (starting Ray and Serve takes tens of seconds on the shared 2-core machine; ~100 s here):
+`pytest -m slow tests/test_serve_ray.py`.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def test_ray_serve_same_api_same_numbers(ray_server, sample_images):
     bad = httpx.post(f"{ray_server}/v1/embeddings", json={"model": "tiny", "modality": "image",
                                                           "input": [uris[0], "http://127.0.0.1/x.png"]}, timeout=60)
     assert bad.status_code == 400 and "input[1]" in bad.json()["error"]["message"]
-    assert httpx.post(f"{ray_server}/v1/embeddings", json={"model": "tiny", "input": "ok"}, timeout=60).status_code == 200
+    ok = httpx.post(f"{ray_server}/v1/embeddings", json={"model": "tiny", "input": "ok"}, timeout=60)
+    assert ok.status_code == 200
     metrics = httpx.get(f"{ray_server}/metrics", timeout=30).text
     assert 'siglite_batch_size_count{modality="image",model="tiny"}' in metrics

@@ -128,9 +128,9 @@ class ServedModel:
         self.label_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
 
     def card(self) -> dict:
-        return {"id": self.name, "object": "model", "owned_by": "siglite", "family": self.model.config.get("model_type"),
-                "modalities": self.modalities, "dimension": self.dimension,
-                "precision": self.model.engine.precision, "engine": self.model.engine.name}
+        return {"id": self.name, "object": "model", "owned_by": "siglite",
+                "family": self.model.config.get("model_type"), "modalities": self.modalities,
+                "dimension": self.dimension, "precision": self.model.engine.precision, "engine": self.model.engine.name}
 
     def tokens_per_item(self, modality: str) -> int:
         """Tokens the encoder runs per item (for `usage`): the fixed text length, or the image's patch count."""

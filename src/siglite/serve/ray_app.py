@@ -18,7 +18,7 @@ import threading
 import time
 
 from .app import LocalService, ServedModel, ServeSettings, create_app
-from .batcher import Batcher, QueueFull  # noqa: F401  (QueueFull: same admission semantics)
+from .batcher import Batcher
 from .metrics import Metrics
 
 log = logging.getLogger("siglite.serve")
