@@ -295,6 +295,34 @@ def test_every_bad_input_gets_its_4xx_and_the_next_request_succeeds(http, sample
     assert http.get("/health/ready").status_code == 200
 
 
+def test_bad_requests_do_not_harm_concurrent_good_ones(server, reference, sample_images):
+    """Good and bad requests in flight together: each bad one gets its 400, each good one its exact rows."""
+    good_uris = [data_uri(p.read_bytes()) for p in sample_images[:3]]
+    want = l2(reference.image_features([str(p) for p in sample_images[:3]]))
+    bad_uris = [good_uris[0], data_uri(b"\x89PNG\r\n\x1a\n garbage"), good_uris[1]]
+    results: list = []
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def post(uris, kind):
+        r = httpx.post(f"{server.url}/v1/embeddings", json={"model": NAME, "input": uris, "modality": "image"},
+                       headers=headers, timeout=60)
+        results.append((kind, r))
+
+    threads = [threading.Thread(target=post, args=(good_uris if i % 2 else bad_uris, "good" if i % 2 else "bad"))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 8
+    for kind, r in results:
+        if kind == "bad":
+            assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]", r.text
+        else:
+            assert r.status_code == 200, r.text
+            assert worst([d["embedding"] for d in r.json()["data"]], want) <= TOL
+
+
 def test_tiny_and_odd_images_are_fine(http):
     # a 1x1 image broke another server until restart (infinity #609); 16-bit, CMYK, palette+alpha decode too
     imgs = [Image.new("RGB", (1, 1), (255, 0, 0)), Image.new("I;16", (5, 3), 40000), Image.new("P", (9, 9)),
