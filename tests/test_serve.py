@@ -438,6 +438,13 @@ def test_url_guard_rechecks_every_redirect_and_caps_size():
 # -- batching, bounds, readiness (gated engine) -----------------------------------------------------------------------
 
 
+def _metric_value(url: str, prefix: str, headers: dict | None = None) -> float:
+    for line in httpx.get(f"{url}/metrics", headers=headers, timeout=10).text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
 def _queue_depth(url: str) -> float:
     for line in httpx.get(f"{url}/metrics").text.splitlines():
         if line.startswith('siglite_queue_depth{modality="image",model="tiny"}'):
@@ -542,9 +549,9 @@ def _free_port() -> int:
 def test_sigterm_finishes_inflight_requests_and_exits_0(sample_images):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "SIGLITE_API_KEY": KEY}
-    # a 1.5 s batch window keeps the requests in flight when SIGTERM arrives
+    # a 3 s batch window keeps the requests in flight when SIGTERM arrives
     proc = subprocess.Popen([sys.executable, "-m", "siglite.cli.main", "serve", "--model", f"{NAME}={FIXTURE}",
-                             "--port", str(port), "--max-wait-ms", "1500", "--log-level", "warning"],
+                             "--port", str(port), "--max-wait-ms", "3000", "--log-level", "warning"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -557,7 +564,9 @@ def test_sigterm_finishes_inflight_requests_and_exits_0(sample_images):
                 f"{url}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)))
             t.start()
             threads.append(t)
-        time.sleep(0.5)
+        # SIGTERM only once the server holds all six images (admitted, waiting for their batch)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        _wait_for(lambda: _metric_value(url, 'siglite_admitted_items{modality="image",model="tiny"}', auth) >= 6)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(30)
