@@ -194,10 +194,13 @@ class LocalService:
         s = self.settings
         hist = self.metrics.batch_size.labels(sm.name, modality)
         model_t = self.metrics.stage_seconds.labels("model", sm.name, modality)
+        queue_t = self.metrics.stage_seconds.labels("queue", sm.name, modality)
 
         def observe(stats: BatchStats) -> None:
             hist.observe(stats.size)
             model_t.observe(stats.seconds)
+            for w in stats.waits:
+                queue_t.observe(w)
 
         return Batcher(f"{sm.name}/{modality}", sm.run_batch(modality), sm.engine_pool,
                        max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
@@ -300,17 +303,12 @@ async def encode_items(service, sm: ServedModel, modality: str, inputs: list[str
         raise ApiError(429, str(exc), code="queue_full", headers={"Retry-After": str(int(exc.retry_after))}) from None
     loop = asyncio.get_running_loop()
     policy = service.url_policy
-    queue_t = service.metrics.stage_seconds.labels("queue", sm.name, modality)
-
     async def one(index: int, value: str):
         payload = value
         if modality == "image":
             payload = await loop.run_in_executor(service.pool, prepare_image, value, index, sm, s, policy,
                                                  service.metrics, param)
-        t0 = time.perf_counter()
-        result = await batcher.submit(payload)
-        queue_t.observe(time.perf_counter() - t0)
-        return result
+        return await batcher.submit(payload)
 
     tasks = [asyncio.ensure_future(one(i, v)) for i, v in enumerate(inputs)]
     try:
@@ -322,7 +320,7 @@ async def encode_items(service, sm: ServedModel, modality: str, inputs: list[str
     except EngineFailed as exc:
         raise ApiError(500, str(exc), code="engine_error") from None
     finally:
-        for t in tasks:  # a failed sibling, the deadline or a gone client: drop what is still queued
+        for t in tasks:  # a failed sibling or the deadline: drop what is still queued
             _settle(t)
         batcher.release(len(inputs))
     return np.stack([np.asarray(r, dtype=np.float32) for r in rows])

@@ -6,7 +6,7 @@ request waits at most `max_wait_ms`. Items of one request may land in different 
 thread (one per model, shared by its modalities, so two batches never compete for the same cores), while the
 event loop keeps accepting, decoding and queueing. Admission is bounded: `admit(n)` reserves room for a request's n
 items (queued or still being decoded) or raises `QueueFull` (the server answers 429). Items whose request gave up
-(deadline, bad sibling item, client gone) are dropped before they reach the engine. An exception from the engine fails
+(deadline, bad sibling item) are dropped before they reach the engine. An exception from the engine fails
 only the items of that batch; the worker keeps running.
 """
 
@@ -48,8 +48,8 @@ class BatchStats:
     """What one batch cost, passed to the `on_batch` observer (metrics)."""
 
     size: int
-    seconds: float
-    waited_s: float  # oldest item's time in the queue
+    seconds: float  # engine time of the batch
+    waits: list[float]  # each item's time in the queue
 
 
 class Batcher:
@@ -153,7 +153,8 @@ class Batcher:
                     batch.append(item)
             if not batch:
                 continue
-            waited = time.monotonic() - batch[0].enqueued
+            now = time.monotonic()
+            waits = [now - i.enqueued for i in batch]
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [i.payload for i in batch])
@@ -175,4 +176,4 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result(result)
             if self.on_batch is not None:
-                self.on_batch(BatchStats(size=len(batch), seconds=seconds, waited_s=waited))
+                self.on_batch(BatchStats(size=len(batch), seconds=seconds, waits=waits))
