@@ -94,6 +94,10 @@ def run(args):
     specs = model_specs(args)
     load_args = {"engine": args.engine, "device": args.device, "dtype": args.precision}
     if args.distributed == "ray":
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError as e:
+            raise SigliteError(f"--distributed ray needs Ray Serve: pip install 'ray[serve]' ({e})") from e
         from ..serve.ray_app import run_ray
 
         return run_ray(specs, load_args, settings, host=args.host, port=args.port, replicas=args.replicas)
