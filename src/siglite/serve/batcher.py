@@ -114,7 +114,7 @@ class Batcher:
     def admit(self, n: int) -> None:
         """Reserves room for n items or raises `QueueFull`; pair with `release(n)` when the request ends."""
         if self.admitted + n > self.max_queue:
-            # Roughly how long until that much room frees up at the current batch size.
+            # A fixed hint; clients back off and retry (the openai client honours Retry-After).
             raise QueueFull(self.name, self.admitted, self.max_queue, self.retry_after_s)
         self.admitted += n
 
@@ -144,7 +144,7 @@ class Batcher:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # = TimeoutError from Python 3.11 on
                     break
             batch = []
             while self._items and len(batch) < self.max_batch_size:
