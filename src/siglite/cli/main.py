@@ -14,6 +14,7 @@ from .common import Parser, run_command
 
 COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search", "export", "quantize",
             "synth", "train"]
+COMMANDS += ["serve"]
 
 EPILOG = """examples:
   siglite list
