@@ -147,7 +147,7 @@ def test_vision_with_projection_folder(clip_folder, tmp_path, sample_images):
 
 
 def test_bare_vision_and_text_models(clip_folder, tmp_path):
-    """CLIPVisionModel (transformers 5 saves it without the vision_model. prefix; no projection: pooler_output) and
+    """CLIPVisionModel (no projection: pooler_output; keys with or without the vision_model. prefix) and
     CLIPTextModel (no projection: the EOS state)."""
     from transformers import CLIPTextModel, CLIPVisionModel
 
@@ -160,6 +160,15 @@ def test_bare_vision_and_text_models(clip_folder, tmp_path):
     pooled, tokens = siglite.load(tmp_path / "v").engine.encode_image(pixels.numpy(), tokens=True)
     _maxdiff("clip CLIPVisionModel pooler_output", pooled, want.pooler_output, ATOL_FEATURES)
     _maxdiff("clip CLIPVisionModel last_hidden_state", tokens, want.last_hidden_state, ATOL_FEATURES)
+    # the class's keys with and without the vision_model. prefix (transformers versions differ) load the same
+    from safetensors.torch import load_file, save_file
+
+    bare = {k.removeprefix("vision_model."): v for k, v in load_file(tmp_path / "v" / "model.safetensors").items()}
+    for layout, weights in [("bare", bare), ("prefixed", {f"vision_model.{k}": v for k, v in bare.items()})]:
+        shutil.copytree(tmp_path / "v", tmp_path / layout)
+        save_file(weights, tmp_path / layout / "model.safetensors")
+        got = siglite.load(tmp_path / layout).engine.encode_image(pixels.numpy())[0]
+        np.testing.assert_array_equal(got, pooled, err_msg=layout)
 
     text = CLIPTextModel.from_pretrained(clip_folder).eval()
     text.save_pretrained(tmp_path / "t")

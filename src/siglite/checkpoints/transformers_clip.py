@@ -1,9 +1,9 @@
 """transformers CLIP checkpoints <-> our model: `CLIPModel`, `CLIPVisionModel`, `CLIPVisionModelWithProjection`,
 `CLIPTextModel`, `CLIPTextModelWithProjection` (openai/clip-vit-*, laion/CLIP-ViT-*).
 
-Key names from transformers `models/clip/modeling_clip.py` (v5.24). transformers 5 saves the bare classes
-(`CLIPVisionModel`, `CLIPTextModel`) without the `vision_model.` / `text_model.` prefix, transformers 4 with it; both
-load. The projections are bias-free Linear layers outside the towers (`visual_projection`, `text_projection`).
+Key names from transformers `models/clip/modeling_clip.py` (v5.24). The bare classes (`CLIPVisionModel`,
+`CLIPTextModel`) are found saved with and without the `vision_model.` / `text_model.` prefix (transformers 4 always
+writes it; transformers 5 writes it only for a model loaded from a prefixed checkpoint); both load. The projections are bias-free Linear layers outside the towers (`visual_projection`, `text_projection`).
 """
 
 from __future__ import annotations
