@@ -39,7 +39,7 @@ FORMATS = {"onnx": {"engine": "onnxruntime", "suffix": ".onnx"},
 TOWERS = ("vision", "text")
 INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
 # Files copied from the source checkpoint, so the folder loads like one (config, preprocessing, tokenizer).
-ASSETS = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
           "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model")
 EXTERNAL_DATA_BYTES = 1_500_000_000
 log = logging.getLogger(__name__)  # protobuf stops at 2 GiB: larger graphs keep weights in a .data file
@@ -278,15 +278,14 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     import torch
 
     from . import __version__
-    from .loading import PREPROCESSOR, read_json
+    from .checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
     from .preprocess.image import ImageConfig
-    from .preprocess.text import load_tokenizer
 
     image = tokenizer = text_length = None
     dims: dict = {}
     if model.vision is not None:
         cfg = model.vision.cfg
-        image = ImageConfig.from_hf(read_json(source_folder / PREPROCESSOR)).to_dict()
+        image = ImageConfig.from_hf(read_image_processor(source_folder)).to_dict()
         dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_patches, image_size=cfg.image_size,
                     patch_size=cfg.patch_size)
     if model.text is not None:

@@ -24,7 +24,7 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "namespace/name", as huggingface_hub validates it
-HUB_FILES = ["*.json", "*.safetensors", "spiece.model", "tokenizer.model"]
+HUB_FILES = ["*.json", "*.safetensors", "spiece.model", "tokenizer.model"]  # open_clip_*: .json + .safetensors
 
 # transformers' model_type -> which towers the checkpoint holds
 MODEL_TYPES = {"siglip": ("vision", "text"), "siglip_vision_model": ("vision",), "siglip_text_model": ("text",)}
@@ -95,7 +95,9 @@ def read_json(path: Path) -> dict:
 
 def read_checkpoint(folder: Path) -> Checkpoint:
     """Read and check config.json: which towers, at which shapes."""
-    config = read_json(folder / CONFIG)
+    from .checkpoints.layout import read_model_config  # hook: any layout -> a transformers-style config dict
+
+    config = read_model_config(folder)
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise LoadError(
@@ -114,6 +116,12 @@ def read_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, torch
     """safetensors (single or sharded); a pickle checkpoint only when the caller opts in, since unpickling runs code."""
     from safetensors.torch import load_file
 
+    from .checkpoints.layout import OPEN_CLIP, detect  # hook: open_clip folders, mapped to transformers names
+
+    if detect(folder) == OPEN_CLIP:
+        from .checkpoints.open_clip import read_weights as read_open_clip
+
+        return read_open_clip(folder, allow_pickle=allow_pickle)
     if (folder / SAFETENSORS).is_file():
         files = [folder / SAFETENSORS]
     elif (folder / SAFETENSORS_INDEX).is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints.layout import write_processor_files
 from .loading import to_hf_state_dict
 from .model import Siglip
 from .registry import Spec
@@ -43,7 +44,7 @@ def random_model(spec: Spec, *, seed: int = 0, vision_layers: int | None = None,
 def save_checkpoint(model: Siglip, folder: str | Path, spec: Spec | None = None,
                     image_config: dict | None = None) -> Path:
     """Write `model` as a hub-layout folder (config.json with transformers field names, model.safetensors in
-    transformers' key names, preprocessor_config.json). Tokenizer files are the caller's (see tests/conftest.py)."""
+    transformers' key names, preprocessor_config.json + processor_config.json). Tokenizer files are the caller's (see tests/conftest.py)."""
     from dataclasses import asdict
 
     from safetensors.torch import save_file
@@ -64,7 +65,7 @@ def save_checkpoint(model: Siglip, folder: str | Path, spec: Spec | None = None,
     if image_config is None and spec is not None:
         image_config = spec.hf_preprocessor_config()
     if image_config is not None:
-        (folder / "preprocessor_config.json").write_text(json.dumps(image_config, indent=2))
+        write_processor_files(folder, image_config)  # both preprocessor_config.json and processor_config.json
     return folder
 
 
