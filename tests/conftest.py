@@ -53,6 +53,17 @@ def make_checkpoint(folder: Path, *, tokenizer: str = "spiece", text_len: int = 
             tok = SiglipTokenizer(vocab_file=str(Path(tmp) / "spiece.model"), model_max_length=text_len)
         else:
             tok = AutoTokenizer.from_pretrained(tmp)
+        _build_and_save(folder, tok, vocab_size, text_len=text_len, image_size=image_size, patch_size=patch_size,
+                        width=width, depth=depth, heads=heads, mlp=mlp, resample=resample, seed=seed,
+                        vision_overrides=vision_overrides, text_overrides=text_overrides, towers=towers)
+    return folder
+
+
+def _build_and_save(folder, tok, vocab_size, *, text_len, image_size, patch_size, width, depth, heads, mlp, resample,
+                    seed, vision_overrides, text_overrides, towers):
+    from transformers import (SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTextModel,
+                              SiglipVisionModel)
+
     tower = dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=depth, num_attention_heads=heads)
     config = SiglipConfig(
         text_config={**tower, "vocab_size": vocab_size, "max_position_embeddings": text_len, **(text_overrides or {})},
@@ -72,17 +83,16 @@ def make_checkpoint(folder: Path, *, tokenizer: str = "spiece", text_len: int = 
         SiglipProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
     elif towers == "vision":
         single = SiglipVisionModel(config.vision_config).eval()
-        single.vision_model.load_state_dict(model.vision_model.state_dict())
+        getattr(single, "vision_model", single).load_state_dict(model.vision_model.state_dict())  # 5.x: no wrapper
         single.save_pretrained(folder, safe_serialization=True)
         image_processor.save_pretrained(folder)
     elif towers == "text":
         single = SiglipTextModel(config.text_config).eval()
-        single.text_model.load_state_dict(model.text_model.state_dict())
+        getattr(single, "text_model", single).load_state_dict(model.text_model.state_dict())
         single.save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)
     else:
         raise ValueError(f"towers must be both, vision or text, got {towers!r}")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -219,6 +219,9 @@ def build_model(ckpt: Checkpoint, hf_weights: dict[str, torch.Tensor]) -> Siglip
     expected = model.state_dict()
     # A vision- or text-only SigLIP checkpoint stores its tower under the same prefix as the full model.
     hf_weights = {k: v for k, v in hf_weights.items() if not k.endswith(IGNORED_SUFFIXES)}
+    from .checkpoints.layout import add_tower_prefix  # hook: transformers 5.x single-tower checkpoints are unprefixed
+
+    hf_weights = add_tower_prefix(hf_weights, ckpt.config.get("model_type"))
     ours, used = convert_state_dict(hf_weights, ckpt)
     where = ckpt.folder
     unused = sorted(set(hf_weights) - used)

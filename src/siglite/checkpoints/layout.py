@@ -113,3 +113,17 @@ def load_text_tokenizer(folder: str | Path, max_length: int):
     from ..preprocess.text import load_tokenizer
 
     return load_tokenizer(folder, max_length)
+
+
+# transformers 5.x `SiglipVisionModel` / `SiglipTextModel` hold the tower's modules directly (no `vision_model.` /
+# `text_model.` attribute as in 4.x), so their save_pretrained writes unprefixed keys ("embeddings.patch_embedding...");
+# transformers loads both forms. Single-tower model types -> the prefix the same weights carry in a SiglipModel.
+TOWER_PREFIX = {"siglip_vision_model": "vision_model.", "siglip_text_model": "text_model."}
+
+
+def add_tower_prefix(weights: dict, model_type: str | None) -> dict:
+    """Single-tower weights saved without their tower prefix (transformers 5.x) -> SiglipModel names."""
+    prefix = TOWER_PREFIX.get(model_type or "")
+    if prefix is None or any(k.startswith(prefix) for k in weights):
+        return weights
+    return {prefix + k: v for k, v in weights.items()}
