@@ -33,7 +33,7 @@ def test_missing_folder(tmp_path):
 
 def test_missing_config(ckpt):
     (ckpt / "config.json").unlink()
-    with pytest.raises(LoadError, match=r"config\.json: missing"):
+    with pytest.raises(LoadError, match=r"no config\.json for the transformers layout"):
         siglite.load(ckpt)
 
 
