@@ -236,7 +236,10 @@ def build_model(ckpt: Checkpoint, hf_weights: dict[str, torch.Tensor]) -> Siglip
             raise LoadError(
                 f"{where}: weight {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}"
             )
-    model.load_state_dict({k: v.float() for k, v in ours.items()}, strict=False, assign=True)
+    # Copies in fresh (aligned) memory: a view into the mmap'd safetensors file can sit at any byte offset, and CPU GEMM
+    # kernels round differently on misaligned operands (~3e-7), so the same weights read from two files would not
+    # give bitwise-equal outputs (siglite convert's round trip checks |Δ| = 0).
+    model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in ours.items()}, strict=False, assign=True)
     for name in optional - set(ours):  # absent in single-tower checkpoints
         setattr(model, name, torch.nn.Parameter(torch.zeros(1)))
     return model.eval()

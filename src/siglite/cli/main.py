@@ -12,6 +12,7 @@ from ..errors import SigliteError
 
 COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search", "export", "quantize",
             "synth", "train"]
+COMMANDS += ["convert"]  # checkpoint layouts (wp-layout)
 
 EPILOG = """examples:
   siglite list
