@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ TF4_PYTHON = os.environ.get("SIGLITE_TF4_PYTHON", "/work/refenv-tf4/bin/python")
 TEXTS = ["a photo of a cat", "A DOG, running!", "", "ünïcödé café 東京", "word " * 30]  # = reference/tf4_outputs.py
 SOURCES = ["tiny_spiece", "tiny_gemma", "tf4-siglip-spiece", "tf4-siglip-gemma", "tf4-vision-only",
            "open_clip-siglip", "open_clip-siglip2", "text-only-5x"]
+QUICK = {"tiny_spiece", "tf4-siglip-gemma", "tf4-vision-only", "open_clip-siglip2", "text-only-5x"}  # the rest: slow
 ATOL = 1e-4
 
 
@@ -36,32 +36,33 @@ def tiny_timm_sizes(monkeypatch):
         monkeypatch.setitem(oc.TIMM_SIGLIP_SIZES, size, row)
 
 
-@pytest.fixture(scope="module")
-def converted(request, tmp_path_factory):
-    """Every source converted once: {name: (source folder, output folder, parity record)}."""
-    from conftest import make_checkpoint
-    from test_open_clip import TINY_SIZES
+_CONVERTED: dict = {}
 
-    mp = pytest.MonkeyPatch()
-    for size, row in TINY_SIZES.items():
-        mp.setitem(oc.TIMM_SIGLIP_SIZES, size, row)
-    root = tmp_path_factory.mktemp("convert")
-    out = {}
-    for name in SOURCES:
+
+def _converted(name, request, tmp_path_factory):
+    """`name` converted once per session: (source folder, output folder, parity record)."""
+    if name not in _CONVERTED:
+        from conftest import make_checkpoint
+
+        root = tmp_path_factory.mktemp(f"convert-{name}")
         if name.startswith("tiny_"):
             src = request.getfixturevalue(name)
         elif name == "text-only-5x":
             src = make_checkpoint(root / "src-text", towers="text")
         else:
             src = FIXTURES / name
-        out[name] = (src, root / name, convert(src, root / name))
-    mp.undo()
-    return out
+        _CONVERTED[name] = (src, root / "out", convert(src, root / "out"))
+    return _CONVERTED[name]
 
 
-@pytest.mark.parametrize("name", SOURCES)
+@pytest.fixture
+def converted(request, tmp_path_factory):
+    return lambda name: _converted(name, request, tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in SOURCES])
 def test_convert_round_trip_and_transformers_5(name, converted):
-    src, out, record = converted[name]
+    src, out, record = converted(name)
     print(name, record)
     vision = record.get("image_roundtrip_max_abs") is not None
     if vision:
@@ -79,6 +80,7 @@ def test_convert_round_trip_and_transformers_5(name, converted):
     assert (again.image_config is None) == (not vision)
 
 
+@pytest.mark.slow
 def test_transformers_4_loads_the_converted_folders(converted, tmp_path):
     """The written folders load in transformers 4.x (model, image processor, tokenizer, processor) with the same ids
     and outputs as siglite on them."""
@@ -86,8 +88,8 @@ def test_transformers_4_loads_the_converted_folders(converted, tmp_path):
         pytest.skip(f"no transformers 4.x interpreter at {TF4_PYTHON} (set SIGLITE_TF4_PYTHON)")
     from siglite.preprocess.image import preprocess_batch
 
-    names = list(converted)
-    folders = [str(converted[n][1]) for n in names]
+    names = SOURCES
+    folders = [str(converted(n)[1]) for n in names]
     npz = tmp_path / "tf4.npz"
     proc = subprocess.run([TF4_PYTHON, str(Path(__file__).parent / "reference" / "tf4_outputs.py"), str(npz), *folders],
                           capture_output=True, text=True, timeout=600)
@@ -111,7 +113,7 @@ def test_transformers_4_loads_the_converted_folders(converted, tmp_path):
 
 
 def test_refuses_to_overwrite(converted, tiny_spiece):
-    _, out, _ = converted["tiny_spiece"]
+    _, out, _ = converted("tiny_spiece")
     with pytest.raises(SigliteError, match="already exists .*--overwrite"):
         convert(tiny_spiece, out)
     record = convert(tiny_spiece, out, overwrite=True)
@@ -130,6 +132,3 @@ def test_cli_convert_and_one_line_errors(tiny_spiece, tmp_path, capsys):
     assert err.startswith("siglite convert: error:") and "--overwrite" in err and "\n" not in err
     assert main(["convert", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1
     assert "no such folder" in capsys.readouterr().err
-    code = subprocess.run([sys.executable, "-m", "siglite.cli.main", "convert", "--help"], capture_output=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(siglite.__file__).parents[1])}).returncode
-    assert code == 0
