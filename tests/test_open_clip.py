@@ -23,7 +23,7 @@ from siglite.checkpoints import open_clip as oc
 from siglite.errors import LoadError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = ["open_clip-siglip", "open_clip-siglip2"]
+NAMES = ["open_clip-siglip", "open_clip-siglip2", "open_clip-siglip-noproj"]  # noproj: text proj_type "none" (i18n)
 # = make_open_clip_fixtures.py TEXTS / TINY_TIMM_SIZES (timm VisionTransformer args -> siglite's size rows)
 TEXTS = ["a photo of a cat", "A DOG, running!", "", "ünïcödé café 東京", "word " * 30, "x", "snake_case &amp; more"]
 TINY_SIZES = {"sigtiny": dict(width=32, depth=2, heads=4, mlp_ratio=2.0, act="gelu"),

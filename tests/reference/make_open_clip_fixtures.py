@@ -65,20 +65,25 @@ def _register(size: str) -> str:
     return name
 
 
-def model_config(timm_name: str, tokenizer_name: str, vocab: int, context: int, siglip2: bool) -> dict:
+def model_config(timm_name: str, tokenizer_name: str, vocab: int, context: int, siglip2: bool,
+                 proj_none: bool = False) -> dict:
     """Shaped like open_clip's model_configs/ViT-B-16-SigLIP.json / ViT-B-16-SigLIP2.json, at tiny width."""
     text = {"context_length": context, "vocab_size": vocab, "hf_tokenizer_name": tokenizer_name,
             "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 32, "heads": 4, "layers": 2,
             "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6}}
     if siglip2:
         text["act_kwargs"] = {"approximate": "tanh"}
+    if proj_none:  # as ViT-SO400M-16-SigLIP-i18n-256.json: no text projection
+        text["proj_type"] = "none"
+        del text["proj_bias"]
     return {"embed_dim": 32, "init_logit_bias": -10, "custom_text": True,
             "vision_cfg": {"image_size": 32, "timm_model_name": timm_name, "timm_model_pretrained": False,
                            "timm_pool": "map", "timm_proj": "none"},
             "text_cfg": text}
 
 
-def build(root: Path, name: str, size: str, tokenizer: str, context: int, siglip2: bool, seed: int) -> None:
+def build(root: Path, name: str, size: str, tokenizer: str, context: int, siglip2: bool, seed: int,
+          proj_none: bool = False) -> None:
     out = root / name
     if out.exists():
         shutil.rmtree(out)
@@ -86,7 +91,7 @@ def build(root: Path, name: str, size: str, tokenizer: str, context: int, siglip
     tmp = Path(tempfile.mkdtemp())
     (make_spiece_tokenizer if tokenizer == "spiece" else make_gemma_tokenizer)(tmp / "tok", max_length=context)
     tok = HFTokenizer(str(tmp / "tok"), context_length=context, clean="canonicalize")
-    cfg = model_config(timm_name, f"siglite-tests/{name}-tokenizer", len(tok.tokenizer), context, siglip2)
+    cfg = model_config(timm_name, f"siglite-tests/{name}-tokenizer", len(tok.tokenizer), context, siglip2, proj_none)
     (tmp / "cfg").mkdir()
     (tmp / "cfg" / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp / "cfg")
@@ -130,6 +135,7 @@ def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
     build(root, "open_clip-siglip", "sigtiny", "spiece", 16, siglip2=False, seed=0)
     build(root, "open_clip-siglip2", "sigtinyopt", "gemma", 24, siglip2=True, seed=1)
+    build(root, "open_clip-siglip-noproj", "sigtiny", "spiece", 16, siglip2=False, seed=2, proj_none=True)
 
 
 if __name__ == "__main__":

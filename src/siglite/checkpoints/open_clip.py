@@ -89,7 +89,7 @@ def _text_config(path: Path, model_cfg: dict, text: dict) -> dict:
     checks = {"no_causal_mask": (True, "SigLIP text attention is bidirectional"),
               "pool_type": ("last", "SigLIP pools the last position"),
               "embed_cls": (False, "no class token"), "final_ln_after_pool": (False, "final LayerNorm before pooling"),
-              "proj_type": ("linear", "a linear text projection"), "ls_init_value": (None, "no layer scale"),
+              "ls_init_value": (None, "no layer scale"),
               "hf_model_name": (None, "an open_clip TextTransformer, not a transformers text model")}
     defaults = {"no_causal_mask": False, "pool_type": "argmax", "embed_cls": False, "final_ln_after_pool": False,
                 "proj_type": "linear", "ls_init_value": None, "hf_model_name": None}  # CLIPTextCfg defaults
@@ -99,6 +99,8 @@ def _text_config(path: Path, model_cfg: dict, text: dict) -> dict:
     for key in ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc"):
         if text.get(key):
             raise LoadError(f"{path}: text_cfg.{key} is not supported")
+    if text.get("proj_type", "linear") not in ("linear", "none"):
+        raise LoadError(f"{path}: text_cfg.proj_type {text.get('proj_type')!r} is not supported ('linear' or 'none')")
     act = (text.get("act_kwargs") or {}).get("approximate", "none")
     if act not in ("none", "tanh"):
         raise LoadError(f"{path}: text_cfg.act_kwargs.approximate {act!r} is not a GELU form")
@@ -107,7 +109,9 @@ def _text_config(path: Path, model_cfg: dict, text: dict) -> dict:
         "model_type": "siglip_text_model", "hidden_size": width,
         "intermediate_size": int(width * text.get("mlp_ratio", 4.0)), "num_hidden_layers": text.get("layers", 12),
         "num_attention_heads": text.get("heads", 8), "vocab_size": text.get("vocab_size", 49408),
-        "max_position_embeddings": text.get("context_length", 77), "projection_size": model_cfg.get("embed_dim"),
+        "max_position_embeddings": text.get("context_length", 77),
+        # proj_type "none" (ViT-SO400M-16-SigLIP-i18n-256): the pooled ln_final output is the embedding
+        "projection_size": width if text.get("proj_type", "linear") == "none" else model_cfg.get("embed_dim"),
         # open_clip builds nn.GELU(**act_kwargs) and LayerNorm(eps=norm_kwargs.eps or torch's 1e-5)
         "hidden_act": TANH_GELU if act == "tanh" else EXACT_GELU,
         "layer_norm_eps": (text.get("norm_kwargs") or {}).get("eps", 1e-5),
@@ -170,7 +174,8 @@ def read_open_clip_weights(folder: Path, *, allow_pickle: bool = False) -> dict[
     raise LoadError(f"{folder}: no weights ({SAFETENSORS} or {PICKLE} missing)")
 
 
-def to_transformers(oc: dict[str, torch.Tensor], config: dict, where: Path) -> dict[str, torch.Tensor]:
+def to_transformers(oc: dict[str, torch.Tensor], config: dict, where: Path, *,
+                    text_proj_type: str = "linear") -> dict[str, torch.Tensor]:
     """open_clip / timm names -> transformers SiglipModel names, explicitly, every shape checked.
 
     Keys left unmapped are passed through under their open_clip name so the build path reports them as unused.
@@ -240,7 +245,9 @@ def to_transformers(oc: dict[str, torch.Tensor], config: dict, where: Path) -> d
         linear(f"{b}.mlp.c_fc", f"{h}.mlp.fc1", M, D)
         linear(f"{b}.mlp.c_proj", f"{h}.mlp.fc2", D, M)
     norm(f"{t}.ln_final", f"{x}.final_layer_norm", D)
-    if f"{t}.text_projection.weight" in src:  # proj_bias=True: nn.Linear(width, embed_dim)
+    if text_proj_type == "none":  # no projection: an identity head is exact (x * 1 + 0 sums)
+        out[f"{x}.head.weight"], out[f"{x}.head.bias"] = torch.eye(D), torch.zeros(D)
+    elif f"{t}.text_projection.weight" in src:  # proj_bias=True: nn.Linear(width, embed_dim)
         linear(f"{t}.text_projection", f"{x}.head", E, D)
     else:  # proj_bias=False: a (width, embed_dim) parameter used as `x @ proj`; transformers' head always has a bias
         out[f"{x}.head.weight"] = take(f"{t}.text_projection", (D, E)).t().contiguous()
@@ -256,8 +263,9 @@ def to_transformers(oc: dict[str, torch.Tensor], config: dict, where: Path) -> d
 def read_weights(folder: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """open_clip weights in transformers SiglipModel names."""
     folder = Path(folder)
+    _, _, text = _cfg(folder)
     return to_transformers(read_open_clip_weights(folder, allow_pickle=allow_pickle), transformers_config(folder),
-                           folder)
+                           folder, text_proj_type=text.get("proj_type", "linear"))
 
 
 # ---------------------------------------------------------------------------------------------------------- text
