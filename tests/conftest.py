@@ -1,6 +1,6 @@
 """Tiny SigLIP checkpoints built on the fly: random-init transformers `SiglipModel`, a SentencePiece (or Gemma-style
-tokenizer.json) tokenizer trained here, saved by the installed transformers' own `save_pretrained` (model and processor),
-so the fixtures are in whatever layout that transformers writes. Nothing is downloaded."""
+tokenizer.json) tokenizer trained here, saved by the installed transformers' own `save_pretrained` (model and
+processor), so the fixtures are in whatever layout that transformers writes. Nothing is downloaded."""
 
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ What it does, per fixture:
 2. `open_clip.create_model(name)`, weights spread with seeded noise, logit scale/bias set;
 3. `open_clip.push_to_hf_hub.save_for_hf(model, tokenizer, model_config, out)` -> open_clip_config.json,
    open_clip_model.safetensors, tokenizer files (exactly what `push_to_hf_hub` uploads);
-4. reloads the folder as a user would (`create_model_from_pretrained("local-dir:...")`, `get_tokenizer("local-dir:...")`)
-   and stores open_clip's outputs on fixed inputs in reference.npz: token ids, `encode_text`, `encode_image`, the trunk's
-   last hidden state (`visual.trunk.forward_features`), sigmoid probabilities, and open_clip's preprocessing of a fixed
-   image (`preprocess` from the same call).
+4. reloads the folder as a user would (`create_model_from_pretrained("local-dir:...")`,
+   `get_tokenizer("local-dir:...")`) and stores open_clip's outputs on fixed inputs in reference.npz: token ids,
+   `encode_text`, `encode_image`, the trunk's last hidden state (`visual.trunk.forward_features`), sigmoid
+   probabilities, and open_clip's preprocessing of a fixed image (`preprocess` from the same call).
 
 Tokenizers come from tests/tokenizer_fixtures.py (trained here, deterministic). The tiny trunk sizes are not timm
 models anyone publishes, so siglite's table of timm SigLIP sizes does not know them: tests add these rows
@@ -128,7 +128,8 @@ def build(root: Path, name: str, size: str, tokenizer: str, context: int, siglip
                "image_preprocessed": preprocess(Image.fromarray(image)).numpy()}
     np.savez_compressed(out / "reference.npz", **ref)
     print(f"{name}: open_clip {open_clip.__version__}, timm {timm.__version__}, "
-          f"files {sorted(p.name for p in out.iterdir())}, {sum(p.stat().st_size for p in out.iterdir()) / 1024:.0f} KB")
+          f"files {sorted(p.name for p in out.iterdir())}, "
+          f"{sum(p.stat().st_size for p in out.iterdir()) / 1024:.0f} KB")
 
 
 def main() -> None:

@@ -71,7 +71,8 @@ def build(out: Path, tokenizer: str | None, text_len: int, image_size: int, patc
 
     # Reference outputs, from the saved folder as a user would load it.
     ref: dict[str, np.ndarray] = {}
-    pixels = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 3, image_size, image_size)).astype(np.float32))
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(rng.uniform(-1, 1, (2, 3, image_size, image_size)).astype(np.float32))
     with torch.no_grad():
         if towers == "vision":
             vis = SiglipVisionModel.from_pretrained(out).eval()(pixel_values=pixels)

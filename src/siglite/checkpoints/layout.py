@@ -2,8 +2,8 @@
 
 Layouts siglite reads (never guessed: a folder matching none gets one error naming what is missing):
 
-* **transformers** — ``config.json`` (model_type siglip / siglip_vision_model / siglip_text_model) + ``model.safetensors``
-  (or shards, or ``pytorch_model.bin``). The image processor is either
+* **transformers** — ``config.json`` (model_type siglip / siglip_vision_model / siglip_text_model) +
+  ``model.safetensors`` (or shards, or ``pytorch_model.bin``). The image processor is either
   - transformers 5.x: nested in ``processor_config.json`` as ``{"image_processor": {...}}`` (written by
     ``ProcessorMixin.save_pretrained`` since transformers PR #41474; no ``preprocessor_config.json``), or
   - transformers 4.x: ``preprocessor_config.json`` (flat; also what ``SiglipImageProcessor.save_pretrained`` writes
@@ -30,7 +30,7 @@ OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin
 TRANSFORMERS, OPEN_CLIP = "transformers", "open_clip"
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -65,7 +65,7 @@ def read_model_config(folder: str | Path) -> dict:
         from .open_clip import transformers_config
 
         return transformers_config(folder)
-    return _read_json(folder / CONFIG)
+    return read_json_object(folder / CONFIG)
 
 
 def read_image_processor(folder: str | Path) -> dict:
@@ -80,13 +80,13 @@ def read_image_processor(folder: str | Path) -> dict:
 
         return image_processor(folder)
     if (folder / PROCESSOR).is_file():
-        nested = _read_json(folder / PROCESSOR).get("image_processor")
+        nested = read_json_object(folder / PROCESSOR).get("image_processor")
         if nested is not None:
             if not isinstance(nested, dict):
                 raise LoadError(f"{folder / PROCESSOR}: 'image_processor' must be an object")
             return nested
     if (folder / PREPROCESSOR).is_file():
-        return _read_json(folder / PREPROCESSOR)
+        return read_json_object(folder / PREPROCESSOR)
     raise LoadError(f"{folder}: no image preprocessing config ({PREPROCESSOR} missing, and no {PROCESSOR} with an "
                     "'image_processor' entry)")
 

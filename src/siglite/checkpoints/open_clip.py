@@ -1,4 +1,4 @@
-"""The open_clip / timm hub format: open_clip_config.json + open_clip_model.safetensors (or open_clip_pytorch_model.bin).
+"""The open_clip / timm hub format: open_clip_config.json + open_clip_model.safetensors (or *_pytorch_model.bin).
 
 This is how timm/ViT-B-16-SigLIP, timm/ViT-SO400M-14-SigLIP-384, the SigLIP 2 open_clip repos and fine-tunes published
 with open_clip's `push_to_hf_hub` ship. A folder is converted, explicitly and with every shape checked, to what a
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LoadError
-from .layout import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, _read_json
+from .layout import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, read_json_object
 
 SAFETENSORS, PICKLE = OPEN_CLIP_WEIGHTS
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
@@ -47,7 +47,7 @@ EXACT_GELU, TANH_GELU = "gelu", "gelu_pytorch_tanh"
 def _cfg(folder: Path) -> tuple[dict, dict, dict]:
     """(model_cfg, vision_cfg, text_cfg) of open_clip_config.json."""
     path = folder / OPEN_CLIP_CONFIG
-    data = _read_json(path)
+    data = read_json_object(path)
     model_cfg = data.get("model_cfg")
     if not isinstance(model_cfg, dict):
         raise LoadError(f"{path}: no 'model_cfg' object")
@@ -63,10 +63,11 @@ def _vision_config(path: Path, model_cfg: dict, vision: dict) -> dict:
         raise LoadError(f"{path}: timm model {name!r} is not a known SigLIP trunk "
                         f"(vit_{{{'|'.join(TIMM_SIGLIP_SIZES)}}}_patchN_siglip_RES)")
     if m["gap"] or vision.get("timm_pool", "map") != "map":
-        raise LoadError(f"{path}: timm model {name!r} with pool {vision.get('timm_pool')!r}: only the attention-pooling "
-                        "('map') SigLIP trunks are supported")
+        raise LoadError(f"{path}: timm model {name!r} with pool {vision.get('timm_pool')!r}: only the "
+                        "attention-pooling ('map') SigLIP trunks are supported")
     if vision.get("timm_proj", "none") not in ("none", "", None):
-        raise LoadError(f"{path}: vision_cfg.timm_proj {vision.get('timm_proj')!r} is not supported (SigLIP uses 'none')")
+        raise LoadError(f"{path}: vision_cfg.timm_proj {vision.get('timm_proj')!r} is not supported "
+                        "(SigLIP uses 'none')")
     size = TIMM_SIGLIP_SIZES[m["size"]]
     image_size = vision.get("image_size", int(m["res"]))
     if not isinstance(image_size, int):  # open_clip allows (H, W); SigLIP trunks are square
@@ -139,11 +140,12 @@ def image_processor(folder: str | Path) -> dict:
     (= PIL resize with the named filter), then ToTensor and Normalize: what SiglipImageProcessor does."""
     folder = Path(folder)
     path = folder / OPEN_CLIP_CONFIG
-    pp = _read_json(path).get("preprocess_cfg") or {}
+    pp = read_json_object(path).get("preprocess_cfg") or {}
     size = transformers_config(folder)["vision_config"]["image_size"]
     interpolation = pp.get("interpolation", "bicubic")
     if interpolation not in INTERPOLATIONS:
-        raise LoadError(f"{path}: preprocess_cfg.interpolation {interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
+        raise LoadError(f"{path}: preprocess_cfg.interpolation {interpolation!r} is not one of "
+                        f"{sorted(INTERPOLATIONS)}")
     if pp.get("resize_mode", "squash") != "squash":
         raise LoadError(f"{path}: preprocess_cfg.resize_mode {pp.get('resize_mode')!r} is not supported "
                         "(SigLIP checkpoints use 'squash')")
@@ -352,7 +354,8 @@ def load_tokenizer(folder: str | Path, max_length: int) -> CleanedTokenizer:
     _, _, text = _cfg(folder)
     clean = (text.get("tokenizer_kwargs") or {}).get("clean", "whitespace")  # HFTokenizer's default
     if clean not in CLEAN_FNS:
-        raise LoadError(f"{folder / OPEN_CLIP_CONFIG}: tokenizer_kwargs.clean {clean!r} is not one of {list(CLEAN_FNS)}")
+        raise LoadError(f"{folder / OPEN_CLIP_CONFIG}: tokenizer_kwargs.clean {clean!r} is not one of "
+                        f"{list(CLEAN_FNS)}")
     if text.get("tokenizer_mode"):
         raise LoadError(f"{folder / OPEN_CLIP_CONFIG}: tokenizer_mode {text['tokenizer_mode']!r} is not supported")
     return CleanedTokenizer(load_hf_tokenizer(tokenizer_folder(folder), max_length), clean,
