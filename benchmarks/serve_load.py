@@ -41,12 +41,8 @@ FIXTURE = ROOT / "tests" / "fixtures" / "trained-tiny"
 
 
 def _random_checkpoint(spec_name: str, folder: Path) -> Path:
-    """Random weights at a real shape, vision tower only. random_model/save_checkpoint are moving from
-    siglite.testing to siglite.checkpoints; import from wherever they are."""
-    try:
-        from siglite.checkpoints import random_model, save_checkpoint
-    except ImportError:
-        from siglite.testing import random_model, save_checkpoint
+    """Random weights at a real shape, vision tower only."""
+    from siglite.checkpoints import random_model, save_checkpoint
     from siglite.registry import get_spec
 
     spec = get_spec(spec_name)

@@ -1,9 +1,9 @@
 """Tiny SigLIP checkpoints built on the fly: random-init transformers `SiglipModel`, a SentencePiece (or Gemma-style
-tokenizer.json) tokenizer trained here, and a preprocessor config, saved in the hub layout. Nothing is downloaded."""
+tokenizer.json) tokenizer trained here, saved by the installed transformers' own `save_pretrained` (model and
+processor), so the fixtures are in whatever layout that transformers writes. Nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -29,19 +29,43 @@ def _vocab_size(folder: Path) -> int:
 def make_checkpoint(folder: Path, *, tokenizer: str = "spiece", text_len: int = 16, image_size: int = 34,
                     patch_size: int = 7, width: int = 32, depth: int = 2, heads: int = 4, mlp: int = 80,
                     resample: int = 3, seed: int = 0, vision_overrides: dict | None = None,
-                    text_overrides: dict | None = None) -> Path:
-    """Save a random-weight SiglipModel checkpoint with tokenizer and preprocessor config into `folder`.
+                    text_overrides: dict | None = None, towers: str = "both", fresh_tokenizer: bool = False) -> Path:
+    """Save a random-weight SigLIP checkpoint into `folder` with the installed transformers' own save functions.
 
+    towers "both": `SiglipModel.save_pretrained` + `SiglipProcessor(image_processor=SiglipImageProcessor(...),
+    tokenizer=...).save_pretrained` (transformers 5.x: the image processor nested in processor_config.json, no
+    preprocessor_config.json); "vision": `SiglipVisionModel` + `SiglipImageProcessor.save_pretrained`; "text":
+    `SiglipTextModel` + the tokenizer's `save_pretrained`. The tokenizer is `AutoTokenizer.from_pretrained` of files
+    laid out like the google/* repos (tests/tokenizer_fixtures.py); fresh_tokenizer=True instead builds
+    `SiglipTokenizer(vocab_file=...)` from spiece.model alone, as a user would, so it returns an attention_mask.
     The default image size 34 with patch 7 leaves a 6-pixel remainder, like 384 px with patch 14.
     """
-    from transformers import SiglipConfig, SiglipModel
+    import tempfile
+
+    from transformers import AutoTokenizer, SiglipTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    (make_spiece_tokenizer if tokenizer == "spiece" else make_gemma_tokenizer)(folder, max_length=text_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        (make_spiece_tokenizer if tokenizer == "spiece" else make_gemma_tokenizer)(tmp, max_length=text_len)
+        vocab_size = _vocab_size(Path(tmp))
+        if fresh_tokenizer:
+            tok = SiglipTokenizer(vocab_file=str(Path(tmp) / "spiece.model"), model_max_length=text_len)
+        else:
+            tok = AutoTokenizer.from_pretrained(tmp)
+        _build_and_save(folder, tok, vocab_size, text_len=text_len, image_size=image_size, patch_size=patch_size,
+                        width=width, depth=depth, heads=heads, mlp=mlp, resample=resample, seed=seed,
+                        vision_overrides=vision_overrides, text_overrides=text_overrides, towers=towers)
+    return folder
+
+
+def _build_and_save(folder, tok, vocab_size, *, text_len, image_size, patch_size, width, depth, heads, mlp, resample,
+                    seed, vision_overrides, text_overrides, towers):
+    from transformers import (SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTextModel,
+                              SiglipVisionModel)
+
     tower = dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=depth, num_attention_heads=heads)
     config = SiglipConfig(
-        text_config={**tower, "vocab_size": _vocab_size(folder), "max_position_embeddings": text_len,
-                     **(text_overrides or {})},
+        text_config={**tower, "vocab_size": vocab_size, "max_position_embeddings": text_len, **(text_overrides or {})},
         vision_config={**tower, "image_size": image_size, "patch_size": patch_size, **(vision_overrides or {})},
     )
     torch.manual_seed(seed)
@@ -51,15 +75,23 @@ def make_checkpoint(folder: Path, *, tokenizer: str = "spiece", text_len: int = 
             p.add_(torch.randn_like(p) * 0.05)
         model.logit_scale.fill_(np.log(10.0))
         model.logit_bias.fill_(-2.0)
-    model.save_pretrained(folder, safe_serialization=True)
-    preprocessor = {
-        "image_processor_type": "SiglipImageProcessor", "processor_class": "SiglipProcessor",
-        "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
-        "rescale_factor": 1 / 255, "resample": resample, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-        "size": {"height": image_size, "width": image_size},
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
-    return folder
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size}, resample=resample,
+                                           image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    if towers == "both":
+        model.save_pretrained(folder, safe_serialization=True)
+        SiglipProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    elif towers == "vision":
+        single = SiglipVisionModel(config.vision_config).eval()
+        getattr(single, "vision_model", single).load_state_dict(model.vision_model.state_dict())  # 5.x: no wrapper
+        single.save_pretrained(folder, safe_serialization=True)
+        image_processor.save_pretrained(folder)
+    elif towers == "text":
+        single = SiglipTextModel(config.text_config).eval()
+        getattr(single, "text_model", single).load_state_dict(model.text_model.state_dict())
+        single.save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+    else:
+        raise ValueError(f"towers must be both, vision or text, got {towers!r}")
 
 
 @pytest.fixture(scope="module")

@@ -54,38 +54,49 @@ def test_image_parity_mixed_sizes(fixture, request, sample_images):
     _maxdiff(f"{fixture} last_hidden_state", tokens, ref.last_hidden_state, ATOL_FEATURES)
 
 
+def _text_inputs(tokenizer, texts, L, text_mask):
+    """The transformers call each siglite setting equals: as trained (default) = input_ids only; text_mask=True = the
+    tokenizer's whole output (input_ids + attention_mask when it returns one), as transformers 5 pipelines pass it."""
+    inputs = tokenizer(texts, padding="max_length", max_length=L, truncation=True, return_tensors="pt")
+    return dict(inputs) if text_mask else {"input_ids": inputs["input_ids"]}
+
+
+@pytest.mark.parametrize("text_mask", [False, True], ids=["as_trained", "text_mask"])
 @pytest.mark.parametrize("fixture", ["tiny_spiece", "tiny_gemma"])
-def test_text_parity(fixture, request):
+def test_text_parity(fixture, text_mask, request):
     folder = request.getfixturevalue(fixture)
     ref_model, _, tokenizer = _reference(folder)
-    model = siglite.load(folder)
+    model = siglite.load(folder, text_mask=text_mask)
     L = ref_model.config.text_config.max_position_embeddings
-    inputs = tokenizer(TEXTS, padding="max_length", max_length=L, truncation=True, return_tensors="pt")
+    inputs = _text_inputs(tokenizer, TEXTS, L, text_mask)
     ids, mask = model.tokenize(TEXTS)
     assert ids.shape == (len(TEXTS), L)
     np.testing.assert_array_equal(ids, inputs["input_ids"].numpy())
+    assert (mask is None) == ("attention_mask" not in inputs)
     with torch.no_grad():
-        ref = ref_model.text_model(**inputs).pooler_output
-    _maxdiff(f"{fixture} text pooler_output", model.text_features(TEXTS, batch_size=4), ref, ATOL_FEATURES)
+        ref = ref_model.text_model(**inputs)
+    _maxdiff(f"{fixture} text pooler_output ({'text_mask' if text_mask else 'as trained'})",
+             model.text_features(TEXTS, batch_size=4), ref.pooler_output, ATOL_FEATURES)
 
 
+@pytest.mark.parametrize("text_mask", [False, True], ids=["as_trained", "text_mask"])
 @pytest.mark.parametrize("fixture", ["tiny_spiece", "tiny_gemma"])
-def test_classify_parity(fixture, request, sample_images):
+def test_classify_parity(fixture, text_mask, request, sample_images):
     folder = request.getfixturevalue(fixture)
     ref_model, processor, tokenizer = _reference(folder)
-    model = siglite.load(folder)
+    model = siglite.load(folder, text_mask=text_mask)
     from PIL import Image
 
     labels = ["cat", "dog", "red car", "gradient"]
     prompts = [f"This is a photo of {label}." for label in labels]
     L = ref_model.config.text_config.max_position_embeddings
-    text_in = tokenizer(prompts, padding="max_length", max_length=L, truncation=True, return_tensors="pt")
+    text_in = _text_inputs(tokenizer, prompts, L, text_mask)
     pixels = processor(images=[Image.open(p) for p in sample_images], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         ref = torch.sigmoid(ref_model(pixel_values=pixels, **text_in).logits_per_image)
     probs = model.classify(sample_images, labels)
     assert probs.shape == (len(sample_images), len(labels))
-    _maxdiff(f"{fixture} probabilities", probs, ref, ATOL_PROBS)
+    _maxdiff(f"{fixture} probabilities ({'text_mask' if text_mask else 'as trained'})", probs, ref, ATOL_PROBS)
 
 
 def test_full_size_so400m_384_geometry(tmp_path):

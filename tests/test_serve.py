@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.server as http_server
 import io
-import json
 import os
 import signal
 import socket

@@ -33,13 +33,15 @@ __version__ = "0.1.0"
 
 
 def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str | None = None, dtype: str | None = None,
-         *, revision: str | None = None, allow_pickle: bool = False, **engine_options) -> Model:
+         *, revision: str | None = None, allow_pickle: bool = False, text_mask: bool | None = None,
+         **engine_options) -> Model:
     """Load a SigLIP or CLIP checkpoint: a hub-layout folder, a hub id (cached; honours HF_HUB_OFFLINE) or a name from
     `siglite list`.
 
     Args:
-        name_or_path: folder with config.json, model.safetensors, tokenizer files and preprocessor_config.json,
-            or a hub id such as "google/siglip-base-patch16-224".
+        name_or_path: a checkpoint folder in any layout siglite reads (transformers 5.x or 4.x: config.json,
+            model.safetensors, tokenizer files, processor_config.json or preprocessor_config.json; open_clip/timm:
+            open_clip_config.json + open_clip_model.safetensors), or a hub id such as "google/siglip-base-patch16-224".
         engine: default: the engine an exported/quantized folder names in its `siglite.json` sidecar, else "torch";
             or "torch", "cuda" (fast GPU engine: compile, CUDA graphs, fp16-safe, FP8), or an engine of
             an optional extra ("onnxruntime", "openvino").
@@ -47,22 +49,26 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         dtype: "float32" (default), "bfloat16" or "float16" for the torch engine.
         revision: hub revision (branch, tag or commit) for hub ids.
         allow_pickle: accept a pytorch_model.bin pickle checkpoint (unpickling can run code; off by default).
+        text_mask: None or False (default): the text tower as SigLIP was trained -- no padding mask, padding attended,
+            last position pooled (big_vision; open_clip; = transformers `text_model(input_ids=ids)`). True: the
+            tokenizer's attention_mask is applied when it returns one (= transformers 5
+            `get_text_features(**tokenizer(texts, padding="max_length"))`).
         **engine_options: passed to the engine (e.g. cuda: `calib=` pixels for FP8, `compile=`, `graph_sizes=`).
     """
     from .artifact import engine_format, is_exported, read_sidecar
-    from .checkpoints import read_checkpoint, read_preprocessor, resolve
+    from .checkpoints import read_checkpoint, resolve
+    from .checkpoints.layout import load_text_tokenizer, read_image_processor
     from .engines.base import check_device, engine_module
     from .pipeline import Model
     from .preprocess.image import ImageConfig
-    from .preprocess.text import load_tokenizer
 
     folder = resolve(name_or_path, revision=revision)
     exported = is_exported(folder)
     if engine is None:
         engine = read_sidecar(folder).engine if exported else "torch"
     ckpt = read_checkpoint(folder)
-    image_config = ImageConfig.from_hf(read_preprocessor(folder)) if ckpt.vision is not None else None
-    tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
+    image_config = ImageConfig.from_hf(read_image_processor(folder)) if ckpt.vision is not None else None
+    tokenizer = load_text_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
     check_device(device)
     module = engine_module(engine)
     served = folder
@@ -74,4 +80,4 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         served = exported_folder(folder, fmt)
     runner = module.create(served, device=device, dtype=dtype, allow_pickle=allow_pickle, **engine_options)
     return Model(runner, image_config, tokenizer, name=str(name_or_path), folder=folder,
-                 config=ckpt.config)
+                 config=ckpt.config, text_mask=bool(text_mask))

@@ -165,15 +165,14 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     import torch
 
     from . import __version__
-    from .checkpoints import read_preprocessor
+    from .checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
     from .preprocess.image import ImageConfig
-    from .preprocess.text import load_tokenizer
 
     image = tokenizer = text_length = None
     dims: dict = {}
     if model.vision is not None:
         cfg = model.vision.cfg
-        image = ImageConfig.from_hf(read_preprocessor(source_folder)).to_dict()
+        image = ImageConfig.from_hf(read_image_processor(source_folder)).to_dict()
         dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_tokens, image_size=cfg.image_size,
                     patch_size=cfg.patch_size)
     if model.text is not None:

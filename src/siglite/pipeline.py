@@ -87,13 +87,15 @@ class Model:
     """A SigLIP checkpoint ready to embed images and texts and to classify."""
 
     def __init__(self, engine: Engine, image_config: ImageConfig | None, tokenizer: TextTokenizer | None,
-                 *, name: str = "", folder: Path | None = None, config: dict | None = None):
+                 *, name: str = "", folder: Path | None = None, config: dict | None = None, text_mask: bool = False):
         self.engine = engine
         self.image_config = image_config
         self.tokenizer = tokenizer
         self.name = name
         self.folder = folder
         self.config = config or {}
+        # False: SigLIP as trained (no padding mask); True: the tokenizer's attention_mask, as transformers 5 applies it
+        self.text_mask = text_mask
         self.max_pixels: int | None = MAX_PIXELS_DEFAULT
         self.background = (255, 255, 255)  # RGBA/LA inputs are composited on white, as transformers does
 
@@ -108,7 +110,7 @@ class Model:
             "name": self.name, "folder": str(self.folder), "engine": self.engine.name,
             "precision": self.engine.precision, "model_type": self.config.get("model_type"), **towers,
             "image": self.image_config.to_dict() if self.image_config else None,
-            "tokenizer": self.tokenizer.settings() if self.tokenizer else None,
+            "tokenizer": self.tokenizer.settings() if self.tokenizer else None, "text_mask": self.text_mask,
             "logit_scale": self.engine.logit_scale, "logit_bias": self.engine.logit_bias,
             "logits": self.logit_kind,
         }
@@ -163,9 +165,12 @@ class Model:
     # -- text -----------------------------------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str] | str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, L) int64 ids and the padding mask the text tower gets: None unless loaded with text_mask=True (then the
+        tokenizer's attention_mask, or None when it returns none)."""
         if self.tokenizer is None:
             raise SigliteError(f"{self.name}: this checkpoint has no tokenizer (vision-only model?)")
-        return self.tokenizer(_as_list(texts))
+        ids, mask = self.tokenizer(_as_list(texts))
+        return ids, (mask if self.text_mask else None)
 
     def text_features(self, texts: Sequence[str] | str, *, batch_size: int | None = None,
                       progress: Progress | None = None) -> np.ndarray:

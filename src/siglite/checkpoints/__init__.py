@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..config import TextConfig, VisionConfig, family_of_model_type, known_model_types
+from .. import jsonio
 from ..errors import LoadError
 from ..registry import find_spec
 
@@ -79,9 +80,13 @@ def format_module(name: str):
 
 
 def detect_format(folder: Path) -> tuple[str, dict]:
-    """Tell a folder's format from its files. Returns (format name, parsed config)."""
-    if not (folder / CONFIG).is_file() and (folder / OPEN_CLIP_CONFIG).is_file():
-        return "open_clip", read_json(folder / OPEN_CLIP_CONFIG)
+    """Tell a folder's format from its files (`layout.detect`). Returns (format name, transformers-style config)."""
+    from .layout import OPEN_CLIP, detect
+
+    if detect(folder) == OPEN_CLIP:
+        from .open_clip import transformers_config
+
+        return "open_clip", transformers_config(folder)
     config = read_json(folder / CONFIG)
     model_type = config.get("model_type")
     fam = family_of_model_type(model_type)
@@ -113,23 +118,8 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> 
 
 
 def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise LoadError(f"{path}: missing")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{path}: not valid JSON ({e})") from e
-
-
-def read_preprocessor(folder: Path) -> dict:
-    """The image processor settings: preprocessor_config.json, or the "image_processor" part of the
-    processor_config.json that transformers 5's `ProcessorMixin.save_pretrained` writes instead."""
-    folder = Path(folder)
-    if not (folder / PREPROCESSOR).is_file() and (folder / PROCESSOR).is_file():
-        processor = read_json(folder / PROCESSOR)
-        if isinstance(processor.get("image_processor"), dict):
-            return processor["image_processor"]
-    return read_json(folder / PREPROCESSOR)
+    """A checkpoint's JSON file (`jsonio.read_json`: one-line `LoadError` naming the file)."""
+    return jsonio.read_json(path)
 
 
 def read_checkpoint(folder: Path) -> Checkpoint:
@@ -140,8 +130,16 @@ def read_checkpoint(folder: Path) -> Checkpoint:
 
 
 def read_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """safetensors (single or sharded); a pickle checkpoint only when the caller opts in, since unpickling runs code."""
+    """safetensors (single or sharded); a pickle checkpoint only when the caller opts in, since unpickling runs code.
+    An open_clip folder's weights come back in transformers SigLIP names (`open_clip.read_weights`)."""
     from safetensors.torch import load_file
+
+    from .layout import OPEN_CLIP, detect
+
+    if detect(folder) == OPEN_CLIP:
+        from .open_clip import read_weights as read_open_clip
+
+        return read_open_clip(folder, allow_pickle=allow_pickle)
 
     if (folder / SAFETENSORS).is_file():
         files = [folder / SAFETENSORS]
@@ -189,7 +187,10 @@ def build_model(ckpt: Checkpoint, weights: dict[str, torch.Tensor]):
                 f"{where}: weight {name} has shape {tuple(tensor.shape)}, "
                 f"config.json implies {tuple(expected[name].shape)}"
             )
-    model.load_state_dict({k: v.float() for k, v in ours.items()}, strict=False, assign=True)
+    # Copies in fresh (aligned) memory: a view into the mmap'd safetensors file can sit at any byte offset, and CPU GEMM
+    # kernels round differently on misaligned operands (~3e-7), so the same weights read from two files would not
+    # give bitwise-equal outputs (siglite convert's round trip checks |Δ| = 0).
+    model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in ours.items()}, strict=False, assign=True)
     for name in ckpt.optional - set(ours):  # absent by design (single-tower checkpoints, CLIP's logit_bias)
         setattr(model, name, torch.nn.Parameter(torch.zeros(1)))
     return model.eval()
@@ -302,5 +303,5 @@ def plain_state_dict(model) -> dict[str, torch.Tensor]:
 from .hub import random_model, save_checkpoint  # noqa: E402  (the library's writers, after the readers they use)
 
 __all__ = ["Checkpoint", "FORMATS", "resolve", "read_json", "read_checkpoint", "read_weights", "build_model",
-           "load_model", "read_preprocessor", "to_hf_state_dict", "random_model", "save_checkpoint", "detect_format",
+           "load_model", "to_hf_state_dict", "random_model", "save_checkpoint", "detect_format",
            "format_module"]

@@ -41,11 +41,12 @@ def random_model(spec: Spec, *, seed: int = 0, vision_layers: int | None = None,
 
 def save_checkpoint(model, folder: str | Path, spec: Spec | None = None, image_config: dict | None = None) -> Path:
     """Write `model` as a hub-layout folder in its family's transformers format (config.json, model.safetensors in
-    transformers' key names, preprocessor_config.json), loadable by siglite and transformers alike. Tokenizer files
+    transformers' key names, preprocessor_config.json and processor_config.json), loadable by siglite and transformers alike. Tokenizer files
     are the caller's (see tests/conftest.py)."""
     from safetensors.torch import save_file
 
     from . import _format_of, format_module
+    from .layout import write_processor_files
 
     fmt = format_module(_format_of(model))
     folder = Path(folder)
@@ -54,6 +55,7 @@ def save_checkpoint(model, folder: str | Path, spec: Spec | None = None, image_c
     save_file(fmt.to_hf(model), folder / "model.safetensors")
     if image_config is None and spec is not None:
         image_config = spec.hf_preprocessor_config()
-    if image_config is not None:
-        (folder / "preprocessor_config.json").write_text(json.dumps(image_config, indent=2))
+    if image_config is not None:  # both preprocessor_config.json (4.x) and processor_config.json (5.x)
+        write_processor_files(folder, image_config,
+                              processor_class=image_config.get("processor_class", "SiglipProcessor"))
     return folder

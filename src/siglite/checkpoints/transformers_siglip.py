@@ -29,6 +29,7 @@ TEXT_KEYS = {
     "final_layer_norm": "norm",
     "head": "head",
 }
+SINGLE_TOWER_PREFIX = {"siglip_vision_model": "vision_model", "siglip_text_model": "text_model"}
 # Buffers transformers may save that carry no learned state.
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 
@@ -49,7 +50,9 @@ def read_config(folder: Path, config: dict) -> Checkpoint:
 
 def to_ours(weights: dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Map a transformers SiglipModel state dict to ours. Returns (our state dict, the transformers keys used)."""
-    km = KeyMap(weights)
+    # transformers 5.x SiglipVisionModel / SiglipTextModel hold the tower's modules directly, so their save_pretrained
+    # writes unprefixed keys ("embeddings.patch_embedding..."); transformers loads both forms, and so do we.
+    km = KeyMap(weights, bare=SINGLE_TOWER_PREFIX.get(ckpt.config.get("model_type")))
     km.ignore(IGNORED_SUFFIXES)
     if ckpt.vision is not None:
         v = "vision_model"

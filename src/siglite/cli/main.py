@@ -15,6 +15,7 @@ from .common import Parser, run_command
 COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search", "export", "quantize",
             "synth", "train"]
 COMMANDS += ["serve"]
+COMMANDS += ["convert"]  # checkpoint layouts (wp-layout)
 
 EPILOG = """examples:
   siglite list

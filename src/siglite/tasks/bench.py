@@ -293,7 +293,7 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
     Returns:
         One flat record per target x mode x batch size.
     """
-    from ..checkpoints import read_preprocessor
+    from ..checkpoints.layout import read_image_processor
     from ..preprocess.image import ImageConfig, preprocess_batch
 
     if baseline is not None and baseline not in BASELINES:
@@ -306,7 +306,7 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
     if threads:
         torch.set_num_threads(threads)
     folder = Path(folder)
-    cfg = ImageConfig.from_hf(read_preprocessor(folder))
+    cfg = ImageConfig.from_hf(read_image_processor(folder))
     images = list(images)[:max(batch_sizes)] if images else synthetic_images(min(max(batch_sizes), 32))
     pixels, _, _ = preprocess_batch(images, cfg, preprocess)  # the same pixels for every target
 

@@ -52,9 +52,9 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         The report (also written as ``quant_report.json`` and ``.md`` in `out`).
     """
     from ..export import build_sidecar, export_onnx_graphs, prepare_folder
-    from ..checkpoints import load_model, read_preprocessor, resolve
+    from ..checkpoints import load_model, resolve
+    from ..checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
     from ..preprocess.image import ImageConfig
-    from ..preprocess.text import load_tokenizer
 
     if engine not in ENGINES:
         raise SigliteError(f"unknown INT8 engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -67,7 +67,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     t0 = time.perf_counter()
     source = resolve(model, revision=revision)
     _, net = load_model(source, allow_pickle=allow_pickle)
-    image_config = ImageConfig.from_hf(read_preprocessor(source)) if net.vision is not None else None
+    image_config = ImageConfig.from_hf(read_image_processor(source)) if net.vision is not None else None
     tokenizer = load_tokenizer(source, net.text.cfg.max_position_embeddings) if net.text is not None else None
     cal = prepare(calib, image_config, num_images=num_calib, num_check=num_check, texts=calib_texts,
                   num_texts=num_texts, preprocess=preprocess)

@@ -45,7 +45,7 @@ CLASSNAMES_FILE = "classnames.txt"
 FOLDER_TEMPLATES = ("{}", "a photo of a {}", "this is a photo of {}")
 # Tokenizer and preprocessing files a fine-tuned checkpoint keeps from its initial one.
 CARRIED_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "added_tokens.json", "preprocessor_config.json")
+                 "added_tokens.json", "preprocessor_config.json", "processor_config.json")
 POSITIVES = ("diagonal", "caption", "label")
 INIT_LOGIT_SCALE = math.log(10.0)
 INIT_LOGIT_BIAS = -10.0
@@ -240,9 +240,9 @@ def _from_scratch(arch: Arch, captions: Sequence[str], out: Path, seed: int):
 
 def _from_checkpoint(init: str | Path, out: Path):
     """Load `init` for fine-tuning; its tokenizer and preprocessing files are copied to `out` unchanged."""
-    from ..checkpoints import load_model, read_preprocessor, resolve
+    from ..checkpoints import load_model, resolve
+    from ..checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
     from ..preprocess.image import ImageConfig
-    from ..preprocess.text import load_tokenizer
 
     folder = resolve(init)
     ckpt, model = load_model(folder)
@@ -252,7 +252,7 @@ def _from_checkpoint(init: str | Path, out: Path):
         for name in CARRIED_FILES:
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, out / name)
-    preprocessor = read_preprocessor(folder)
+    preprocessor = read_image_processor(folder)
     return model, load_tokenizer(folder, ckpt.text.max_position_embeddings), ImageConfig.from_hf(preprocessor), \
         preprocessor
 
@@ -421,9 +421,11 @@ def train(data: str | Path | Sequence, out: str | Path, *, init: str | Path | No
                                                       if pairs[i].label is not None}))}
     classes = torch.tensor([class_index.get(str(pairs[i].label), -1) if pairs[i].label is not None else -1
                             for i in kept]) if class_index else None
-    ids, mask = tokenizer(captions)  # every distinct caption once: (C, L)
+    ids, _ = tokenizer(captions)  # every distinct caption once: (C, L)
     ids = torch.from_numpy(ids)
-    mask = torch.from_numpy(mask) if mask is not None else None
+    # No padding mask, whatever the tokenizer returns: SigLIP is trained attending to padding and pooling the last
+    # position (big_vision models/proj/image_text/text_transformer.py), and `siglite.load` runs it that way by default.
+    mask = None
 
     n = len(kept)
     batch_size = min(batch_size, n)
