@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import siglite
 from siglite.model import TextTower
-from siglite.tasks import synthetic
+from siglite.data import synthetic
 from siglite.tasks.train import train
 
 

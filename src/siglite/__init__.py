@@ -49,10 +49,11 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         dtype: "float32" (default), "bfloat16" or "float16" for the torch engine.
         revision: hub revision (branch, tag or commit) for hub ids.
         allow_pickle: accept a pytorch_model.bin pickle checkpoint (unpickling can run code; off by default).
-        text_mask: None or False (default): the text tower as SigLIP was trained -- no padding mask, padding attended,
-            last position pooled (big_vision; open_clip; = transformers `text_model(input_ids=ids)`). True: the
-            tokenizer's attention_mask is applied when it returns one (= transformers 5
-            `get_text_features(**tokenizer(texts, padding="max_length"))`).
+        text_mask: None (default): the family's as-trained text forward. SigLIP: no padding mask, padding attended,
+            last position pooled (big_vision; open_clip; = transformers `text_model(input_ids=ids)`); CLIP: the
+            tokenizer's mask with the causal mask, as transformers' CLIPTextModel (EOS pooling makes both the same).
+            False: never a padding mask. True: the tokenizer's attention_mask is applied when it returns one (for
+            SigLIP = transformers 5 `get_text_features(**tokenizer(texts, padding="max_length"))`).
         **engine_options: passed to the engine (e.g. cuda: `calib=` pixels for FP8, `compile=`, `graph_sizes=`).
     """
     from .artifact import engine_format, is_exported, read_sidecar
@@ -79,5 +80,10 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
 
         served = exported_folder(folder, fmt)
     runner = module.create(served, device=device, dtype=dtype, allow_pickle=allow_pickle, **engine_options)
+    if text_mask is None:  # the family's as-trained default (config.Family.text_mask)
+        from .config import family_of_model_type
+
+        fam = family_of_model_type(ckpt.config.get("model_type"))
+        text_mask = fam.text_mask if fam is not None else False
     return Model(runner, image_config, tokenizer, name=str(name_or_path), folder=folder,
                  config=ckpt.config, text_mask=bool(text_mask))

@@ -148,6 +148,9 @@ class Family:
         vision, text: {"defaults": transformers class defaults (config.json overrides them),
             "arch": architecture fields (fixed by the family)}.
         hf: names transformers uses when saving (model_type, architectures, sub-config model types).
+        text_mask: whether the text tower gets the tokenizer's padding mask by default (`siglite.load(text_mask=None)`):
+            SigLIP was trained without one (big_vision); CLIP's transformers forward passes it (with its causal mask and
+            EOS pooling the pooled output is the same either way).
     """
 
     name: str
@@ -157,6 +160,7 @@ class Family:
     vision: dict
     text: dict
     hf: dict
+    text_mask: bool = False
 
     def vision_config(self, d: dict, **overrides) -> VisionConfig:
         """config.json's vision part -> VisionConfig: the family's defaults under it, its architecture over it;

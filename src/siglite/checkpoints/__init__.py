@@ -17,23 +17,20 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..config import TextConfig, VisionConfig, family_of_model_type, known_model_types
+from ..config import family_of_model_type, known_model_types
 from .. import jsonio
 from ..errors import LoadError
-from ..registry import find_spec
+from ..registry import Spec, find_spec
+from .base import (BLOCK_KEYS, CONFIG, SAFETENSORS, Checkpoint, KeyMap, map_blocks,  # noqa: F401 (re-exported)
+                   plain_state_dict, read_json_object, unmap_blocks)
 
-CONFIG = "config.json"
-OPEN_CLIP_CONFIG = "open_clip_config.json"
-PREPROCESSOR = "preprocessor_config.json"
-PROCESSOR = "processor_config.json"
-SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "namespace/name", as huggingface_hub validates it
@@ -45,28 +42,6 @@ FORMATS = {
     "transformers_clip": "siglite.checkpoints.transformers_clip",
     "open_clip": "siglite.checkpoints.open_clip",
 }
-
-
-@dataclass
-class Checkpoint:
-    """What a folder holds, resolved and validated.
-
-    Attributes:
-        folder: the checkpoint folder.
-        config: its parsed config file.
-        vision, text: tower configs (None for a tower the checkpoint lacks).
-        format: a key of FORMATS.
-        logits: "sigmoid" or "softmax".
-        optional: our parameter names the format may leave out (zero-filled when absent, e.g. logit_bias of CLIP).
-    """
-
-    folder: Path
-    config: dict
-    vision: VisionConfig | None
-    text: TextConfig | None
-    format: str = "transformers_siglip"
-    logits: str = "sigmoid"
-    optional: set = field(default_factory=set)
 
 
 def format_module(name: str):
@@ -222,85 +197,56 @@ def _format_of(model) -> str:
     raise LoadError(f"no model family describes this model (logits {model.logit_kind!r}); cannot save it")
 
 
-class KeyMap:
-    """Builds our state dict from a checkpoint's, remembering which of its keys were used."""
-
-    def __init__(self, weights: dict[str, torch.Tensor], *, bare: str | None = None):
-        """`bare`: a tower prefix ("vision_model") a single-tower checkpoint may store its keys without (as
-        transformers 5 saves CLIPVisionModel / CLIPTextModel); `take` then finds "vision_model.x" under "x" too."""
-        self.weights = weights
-        self.bare = bare
-        self.out: dict[str, torch.Tensor] = {}
-        self.used: set[str] = set()
-
-    def take(self, key: str) -> torch.Tensor | None:
-        if key not in self.weights and self.bare and key.startswith(self.bare + "."):
-            key = key[len(self.bare) + 1:]
-        if key in self.weights:
-            self.used.add(key)
-            return self.weights[key]
-        return None
-
-    def put(self, theirs: str, ours: str, fn=None) -> None:
-        """Copy one tensor if present (`fn` reshapes it)."""
-        value = self.take(theirs)
-        if value is not None:
-            self.out[ours] = fn(value) if fn else value
-
-    def linear(self, theirs: str, ours: str) -> None:
-        """weight and bias of one Linear / LayerNorm / Conv."""
-        for p in ("weight", "bias"):
-            self.put(f"{theirs}.{p}", f"{ours}.{p}")
-
-    def fuse(self, parts: list[str], ours: str) -> None:
-        """Concatenate separate projections (q, k, v) along the output dim into one of our Linear layers."""
-        for p in ("weight", "bias"):
-            tensors = [self.take(f"{name}.{p}") for name in parts]
-            if all(t is not None for t in tensors):
-                self.out[f"{ours}.{p}"] = torch.cat(tensors, dim=0)
-
-    def ignore(self, suffixes: tuple[str, ...]) -> None:
-        """Mark buffers that carry no learned state as used (e.g. `embeddings.position_ids`)."""
-        self.used.update(k for k in self.weights if k.endswith(suffixes))
+# -- writing: our model as a hub-layout folder; random weights at a real architecture's shape -----------------------
 
 
-# Per-block weights shared by transformers' ViT-style encoders (SiglipEncoderLayer, CLIPEncoderLayer):
-# their suffix -> ours. q/k/v are fused into one matrix.
-BLOCK_KEYS = {
-    "layer_norm1": "ln1",
-    "layer_norm2": "ln2",
-    "self_attn.out_proj": "attn.proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
+def random_model(spec: Spec, *, seed: int = 0, vision_layers: int | None = None, text_layers: int | None = None,
+                 text: bool = True):
+    """A model at `spec`'s shape and family with random weights (normal, std 1/sqrt(fan_in); LayerNorm gains near 1).
+
+    vision_layers/text_layers override the depth (quick checks at full width); text=False builds the vision tower only.
+    """
+    from ..model import Siglip
+
+    fam = spec.family_config
+    vcfg = spec.vision_config_with(num_hidden_layers=vision_layers) if vision_layers else spec.vision_config
+    tcfg = spec.text_config_with(num_hidden_layers=text_layers) if text_layers else spec.text_config
+    gen = torch.Generator().manual_seed(seed)
+    model = Siglip(vcfg, tcfg if text else None, logits=fam.logits)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.02, generator=gen)
+            elif ".ln" in name or name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.dim() >= 2 or "probe" in name or "pos_embed" in name or "cls_token" in name:
+                fan_in = p[0].numel() if p.dim() >= 2 and "embed" not in name and "token" not in name else p.shape[-1]
+                p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)
+        model.logit_scale.fill_(math.log(10.0) if fam.logits == "sigmoid" else math.log(100.0))
+        model.logit_bias.fill_(-10.0 if fam.logits == "sigmoid" else 0.0)
+    return model.eval()
 
 
-def map_blocks(km: KeyMap, prefix: str, ours: str, layers: int) -> None:
-    """`{prefix}.encoder.layers.{i}` -> `{ours}.blocks.{i}` for every block."""
-    for i in range(layers):
-        theirs = f"{prefix}.encoder.layers.{i}"
-        for t, o in BLOCK_KEYS.items():
-            km.linear(f"{theirs}.{t}", f"{ours}.blocks.{i}.{o}")
-        km.fuse([f"{theirs}.self_attn.{x}_proj" for x in "qkv"], f"{ours}.blocks.{i}.attn.qkv")
+def save_checkpoint(model, folder: str | Path, spec: Spec | None = None, image_config: dict | None = None) -> Path:
+    """Write `model` as a hub-layout folder in its family's transformers format (config.json, model.safetensors in
+    transformers' key names, preprocessor_config.json and processor_config.json), loadable by siglite and transformers alike. Tokenizer files
+    are the caller's (see tests/conftest.py)."""
+    from safetensors.torch import save_file
 
+    from .layout import write_processor_files
 
-def unmap_blocks(ours: dict, hf: dict, prefix: str, name: str, layers: int) -> None:
-    """Inverse of `map_blocks`: split qkv back into q/k/v."""
-    for i in range(layers):
-        theirs = f"{prefix}.encoder.layers.{i}"
-        for t, o in BLOCK_KEYS.items():
-            for p in ("weight", "bias"):
-                hf[f"{theirs}.{t}.{p}"] = ours[f"{name}.blocks.{i}.{o}.{p}"]
-        for p in ("weight", "bias"):
-            for x, part in zip("qkv", ours[f"{name}.blocks.{i}.attn.qkv.{p}"].chunk(3)):
-                hf[f"{theirs}.self_attn.{x}_proj.{p}"] = part.contiguous()
+    fmt = format_module(_format_of(model))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(fmt.hf_config(model), indent=2))
+    save_file(fmt.to_hf(model), folder / "model.safetensors")
+    if image_config is None and spec is not None:
+        image_config = spec.hf_preprocessor_config()
+    if image_config is not None:  # both preprocessor_config.json (4.x) and processor_config.json (5.x)
+        write_processor_files(folder, image_config,
+                              processor_class=image_config.get("processor_class", "SiglipProcessor"))
+    return folder
 
-
-def plain_state_dict(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-from .hub import random_model, save_checkpoint  # noqa: E402  (the library's writers, after the readers they use)
 
 __all__ = ["Checkpoint", "FORMATS", "resolve", "read_json", "read_checkpoint", "read_weights", "build_model",
            "load_model", "to_hf_state_dict", "random_model", "save_checkpoint", "detect_format",

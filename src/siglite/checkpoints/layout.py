@@ -20,23 +20,14 @@ import json
 from pathlib import Path
 
 from ..errors import LoadError
-from ..jsonio import read_json
+from .base import read_json_object
+from .open_clip import OPEN_CLIP_CONFIG
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"  # transformers 4.x (and a lone image processor in 5.x)
 PROCESSOR = "processor_config.json"  # transformers 5.x: {"image_processor": {...}, "processor_class": ...}
-OPEN_CLIP_CONFIG = "open_clip_config.json"
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 TRANSFORMERS, OPEN_CLIP = "transformers", "open_clip"
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON file that must hold an object (`jsonio.read_json`, then the type checked)."""
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise LoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def detect(folder: str | Path) -> str:

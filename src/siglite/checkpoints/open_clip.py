@@ -24,7 +24,10 @@ from pathlib import Path
 import torch
 
 from ..errors import LoadError
-from .layout import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, read_json_object
+from .base import read_json_object
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 SAFETENSORS, PICKLE = OPEN_CLIP_WEIGHTS
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")

@@ -14,7 +14,7 @@ import torch
 
 from ..config import family
 from ..errors import LoadError
-from . import CONFIG, SAFETENSORS, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
+from .base import CONFIG, SAFETENSORS, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
 
 FAMILY = "clip"
 VISION_KEYS = {"embeddings.patch_embedding": "patch_embed", "pre_layrnorm": "pre_norm", "post_layernorm": "norm"}

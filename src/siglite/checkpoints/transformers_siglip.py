@@ -12,7 +12,7 @@ import torch
 
 from ..config import family
 from ..errors import LoadError
-from . import CONFIG, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
+from .base import CONFIG, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
 
 FAMILY = "siglip"
 # transformers' names for our vision/text parts outside the blocks (weight and bias each)
