@@ -42,7 +42,11 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         engine = read_sidecar(folder).engine if is_exported(folder) else "torch"
     ckpt = read_checkpoint(folder)
     image_config = ImageConfig.from_hf(read_json(folder / PREPROCESSOR)) if ckpt.vision is not None else None
-    tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
+    from .heads import is_classifier
+
+    # a fine-tuned classifier (SiglipForImageClassification) keeps SiglipConfig's text_config but no text tower
+    has_text = ckpt.text is not None and not is_classifier(ckpt.config)
+    tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if has_text else None
     runner = engine_module(engine).create(folder, device=device, dtype=dtype, allow_pickle=allow_pickle,
                                          **engine_options)
     return Model(runner, image_config, tokenizer, name=str(name_or_path), folder=folder,

@@ -135,14 +135,53 @@ class VisionTower(nn.Module):
         self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.head = AttentionPoolingHead(cfg) if cfg.vision_use_head else None
 
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> the tokens entering block 0 (B, T, D) = transformers' `hidden_states[0]`."""
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
+        return x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, 3, S, S) -> last_hidden_state (B, T, D), pooler_output (B, D) or None."""
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+        x = self.embed(pixels)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
         return x, (self.head(x) if self.head is not None else None)
+
+    def layer_indices(self, layers: int | list[int] | tuple[int, ...]) -> list[int]:
+        """Layer numbers as transformers' `hidden_states` indices (0 = embeddings, i = output of block i; negative
+        from the end, -1 = the last block) -> non-negative indices; out-of-range numbers are a ValueError."""
+        depth = len(self.blocks)
+        out = []
+        for k in [layers] if isinstance(layers, int) else list(layers):
+            if isinstance(k, bool) or not isinstance(k, int) or not -(depth + 1) <= k <= depth:
+                raise ValueError(f"layer {k!r} is out of range for a vision tower of {depth} blocks "
+                                 f"(hidden_states 0..{depth}, or -{depth + 1}..-1)")
+            out.append(k % (depth + 1))
+        if not out:
+            raise ValueError("no layer given")
+        return out
+
+    def forward_intermediates(self, pixels: torch.Tensor, layers: int | list[int] | tuple[int, ...],
+                              post_norm: bool = False) -> torch.Tensor:
+        """The tokens after the given layers, running only the blocks up to the deepest one (VLM feature taps).
+
+        Layer K is transformers' `output_hidden_states=True` `hidden_states[K]`: K = 0 the embeddings, K = i the
+        output of block i, negative K from the end (-1 the last block, -2 the one before: LLaVA's "select layer").
+        transformers applies the final LayerNorm only to `last_hidden_state`, so the taps are taken without it
+        unless `post_norm` (PaliGemma-style: the last layer after the final LayerNorm is `last_hidden_state`).
+
+        Returns:
+            (B, T, D) for one layer; several layers are concatenated on the feature axis, (B, T, D * len(layers)).
+        """
+        wanted = self.layer_indices(layers)
+        x = self.embed(pixels)  # (B, T, D) = hidden_states[0]
+        taps = {0: x}
+        for i, block in enumerate(self.blocks[:max(wanted)], start=1):
+            x = block(x)
+            taps[i] = x
+        feats = [self.norm(taps[k]) if post_norm else taps[k] for k in wanted]
+        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
 
 
 class TextTower(nn.Module):

@@ -5,7 +5,7 @@ import argparse
 import os
 
 from ..tasks.embed import DEFAULT_SHARD_SIZE, DTYPES, embed
-from .common import add_format_arg, add_model_args, emit, load_model
+from .common import add_format_arg, add_layer_args, add_model_args, emit, layer_value, load_model
 
 EPILOG = """examples:
   siglite embed photos/ --model google/siglip-base-patch16-224 --out emb/
@@ -31,6 +31,7 @@ def register(sub):
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize",
                    help="resize: the checkpoint's processor (default); letterbox: aspect-preserving, gray padding")
     p.add_argument("--tokens", action="store_true", help="also write last_hidden_state (N, T, D) under DIR/tokens/")
+    add_layer_args(p, "with --tokens: write the tokens")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written arrays")
     p.add_argument("--batch-size", type=int, default=None, help="engine batch size (default 32)")
     p.add_argument("--workers", type=int, default=None,
@@ -52,5 +53,5 @@ def run(args):
     record = embed(model, args.src, args.out, text=args.text, column=args.column, preprocess=args.preprocess,
                    tokens=args.tokens, dtype=args.dtype, shard_size=args.shard_size, batch_size=args.batch_size,
                    workers=args.workers, distributed=args.distributed, load_args=load_args,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, layer=layer_value(args), post_norm=args.post_norm)
     emit([record], args.format)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .common import add_format_arg, add_model_args, emit, load_model
+from .common import add_format_arg, add_layer_args, add_model_args, emit, layer_value, load_model
 
 
 def register(sub):
@@ -16,6 +16,7 @@ def register(sub):
     p.add_argument("--text", nargs="+", default=None, help="texts to embed instead of images")
     p.add_argument("--out", "-o", required=True, help="output .npy file")
     p.add_argument("--tokens", action="store_true", help="write last_hidden_state (N, T, D) instead of pooled (N, D)")
+    add_layer_args(p, "with --tokens: write the tokens")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--normalize", action="store_true", help="L2-normalise pooled embeddings")
@@ -31,7 +32,7 @@ def run(args):
         out = model.text_features(args.text, batch_size=args.batch_size)
     else:
         out = model.image_features(args.images, preprocess=args.preprocess, tokens=args.tokens,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, layer=layer_value(args), post_norm=args.post_norm)
     if args.normalize and not args.tokens:
         out = out / np.linalg.norm(out, axis=-1, keepdims=True)
     np.save(args.out, out)

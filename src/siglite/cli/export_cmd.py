@@ -1,6 +1,6 @@
 """siglite export: a checkpoint's towers as ONNX or OpenVINO graphs plus a sidecar, served by `siglite.load(DIR)`."""
 
-from .common import emit
+from .common import add_layer_args, emit, layer_value
 
 
 def register(sub):
@@ -17,6 +17,7 @@ def register(sub):
                    help="graph format (default: onnx)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    add_layer_args(p, "export the vision tower cut at a layer: its output is the tokens")
     # --format names the graph format here (as the issue's command line has it), so output is --output-format
     p.add_argument("--output-format", dest="format", choices=["table", "json"], default="table",
                    help="how to print the result (default: table)")
@@ -26,6 +27,7 @@ def register(sub):
 def run(args):
     from ..export import export
 
-    sidecar = export(args.model, args.out, args.graph_format, revision=args.revision)
+    sidecar = export(args.model, args.out, args.graph_format, revision=args.revision, layer=layer_value(args),
+                     post_norm=args.post_norm)
     emit([{"out": args.out, "format": sidecar.format, "engine": sidecar.engine, "precision": sidecar.precision,
            "graphs": ", ".join(f"{k}={v}" for k, v in sidecar.files.items())}], args.format)

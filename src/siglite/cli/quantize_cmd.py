@@ -1,7 +1,7 @@
 """siglite quantize: INT8 post-training quantization with calibration images; writes an exported folder and a
 report (quant_report.json / .md) that `siglite.load(DIR)` and every command serve like any model."""
 
-from .common import add_format_arg, emit
+from .common import add_format_arg, add_layer_args, emit, layer_value
 
 
 def register(sub):
@@ -35,6 +35,7 @@ def register(sub):
                         "quantized model misses the target (default: %(default)s)")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    add_layer_args(p, "quantize the vision tower cut at a layer: its output is the tokens")
     add_format_arg(p)
     p.set_defaults(run=run)
 
@@ -51,7 +52,8 @@ def run(args):
                    target=Target(args.target, args.target_low), num_calib=args.num_calib, num_check=args.num_check,
                    calib_texts=args.calib_text, preprocess=args.preprocess,
                    sensitivity_samples=args.sensitivity_samples, revision=args.revision,
-                   progress=lambda line: print(line, file=sys.stderr))
+                   progress=lambda line: print(line, file=sys.stderr), layer=layer_value(args),
+                   post_norm=args.post_norm)
     rows = []
     for output, s in rep["fidelity"]["runtime"].items():
         if isinstance(s, dict):

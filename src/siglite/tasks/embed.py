@@ -77,6 +77,8 @@ class EmbedConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int = field(default_factory=default_workers)
     executor: str = "thread"
+    layer: int | tuple[int, ...] | None = None  # VLM feature tap (see Model.image_features); with tokens only
+    post_norm: bool = False
 
     def __post_init__(self):
         if self.preprocess not in PREPROCESS:
@@ -152,6 +154,8 @@ def job_settings(model: Model, source: Source, items: list[Item], cfg: EmbedConf
     if source.modality == "image":
         settings.update(preprocess=cfg.preprocess, tokens=cfg.tokens, image=model.image_config.to_dict(),
                         max_pixels=model.max_pixels, background=list(model.background))
+        if cfg.layer is not None:  # only when set, so the hash of a default job stays what it was
+            settings.update(layer=cfg.layer, post_norm=cfg.post_norm)
     else:
         settings.update(tokenizer=model.tokenizer.settings())
     return settings
@@ -226,6 +230,8 @@ class ImageStep:
         if model.image_config is None:
             raise SigliteError(f"{model.name}: this checkpoint has no vision tower / image preprocessing config")
         self.model, self.source, self.cfg = model, source, cfg
+        layer = list(cfg.layer) if isinstance(cfg.layer, tuple) else cfg.layer
+        self.taps = model._layer_options(cfg.tokens, layer, cfg.post_norm)
 
     def submit(self, pool: Executor, items: list[Item]) -> Future:
         m = self.model
@@ -235,13 +241,13 @@ class ImageStep:
     def encode(self, prep: Prepared) -> tuple[np.ndarray | None, np.ndarray | None]:
         if len(prep.inputs) == 0:
             return None, None
-        return self.model.engine.encode_image(prep.inputs, tokens=self.cfg.tokens)
+        return self.model.engine.encode_image(prep.inputs, tokens=self.cfg.tokens, **self.taps)
 
     def probe(self) -> dict:
         """Output dims from one blank image (needed to write a shard in which every image failed)."""
         c = self.model.image_config
         pooled, hidden = self.model.engine.encode_image(np.zeros((1, 3, c.height, c.width), np.float32),
-                                                        tokens=self.cfg.tokens)
+                                                        tokens=self.cfg.tokens, **self.taps)
         return {"emb": None if pooled is None else list(pooled.shape[1:]),
                 "tokens": None if hidden is None else list(hidden.shape[1:])}
 
@@ -390,8 +396,9 @@ class OutputDir:
             for stale in filter(_is_temp, d.iterdir()):  # left by a killed run
                 stale.unlink(missing_ok=True)
 
-    def is_done(self, k: int, tokens: bool) -> bool:
-        paths = [self.marker(k), self.metadata(k), self.emb(k)]
+    def is_done(self, k: int, tokens: bool, emb: bool = True) -> bool:
+        # emb=False: a layer-tap job writes tokens only (no pooled output without the whole tower)
+        paths = [self.marker(k), self.metadata(k)] + ([self.emb(k)] if emb else [])
         return all(p.is_file() for p in paths) and (not tokens or self.tokens(k).is_file())
 
     def write_shard(self, buf: ShardBuffer, dtype: str, dims: dict) -> dict:
@@ -527,7 +534,7 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
           column: str | None = None, preprocess: str = "resize", tokens: bool = False, dtype: str = "float32",
           shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int | None = None, workers: int | None = None,
           executor: str = "thread", distributed: str | None = None, load_args: dict | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, layer: int | list[int] | None = None, post_norm: bool = False) -> dict:
     """Embeds every image (or, with text=True, every line) of SRC into sharded files under OUT; resumable.
 
     Args:
@@ -547,6 +554,8 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
         load_args: How Ray workers load the model: kwargs of `siglite.load` plus "name_or_path"
             (default: this model's folder, engine and precision).
         progress: Show a progress bar on stderr.
+        layer: With tokens: write hidden_states[layer] (see `Model.image_features`) instead of last_hidden_state.
+        post_norm: With layer: apply the final LayerNorm to it.
 
     Returns:
         A flat record: out, modality, items, embedded, errors, shards, shards_run, seconds, items_per_s, ...
@@ -559,9 +568,12 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
         raise SigliteError(f"unknown distributed backend {distributed!r}; the only one is 'ray'")
     if text and tokens:
         raise SigliteError("--tokens applies to images, not to --text")
+    if text and layer is not None:
+        raise SigliteError("--layer applies to image tokens, not to --text")
     cfg = EmbedConfig(preprocess=preprocess, tokens=tokens, dtype=dtype, shard_size=shard_size,
                       batch_size=batch_size or DEFAULT_BATCH_SIZE, workers=workers or default_workers(),
-                      executor=executor)
+                      executor=executor, layer=layer if layer is None or isinstance(layer, int) else tuple(layer),
+                      post_norm=post_norm)
     require_pyarrow()
     source = open_source(src, text=text, column=column)
     items = source.items()
@@ -575,7 +587,7 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
     manifest = _manifest(model, source, cfg, settings, old["dims"] if old else step.probe(), len(shards))
     output.claim(manifest)
     dims = manifest["dims"]
-    pending = [s for s in shards if not output.is_done(s.index, cfg.tokens)]
+    pending = [s for s in shards if not output.is_done(s.index, cfg.tokens, dims.get("emb") is not None)]
     unit = "img" if source.modality == "image" else "text"
     bar = Progress(len(items), len(items) - sum(len(s.items) for s in pending), unit, progress)
     try:
