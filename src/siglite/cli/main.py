@@ -11,7 +11,7 @@ import traceback
 from ..errors import SigliteError
 
 COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "search", "export", "quantize",
-            "synth", "train"]
+            "synth", "train", "heatmap", "finetune", "predict"]
 
 EPILOG = """examples:
   siglite list

@@ -18,12 +18,22 @@ def register(sub):
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
                    help=f"image side in pixels (default: {DEFAULT_IMAGE_SIZE})")
     p.add_argument("--jsonl", action="store_true", help="also write captions.jsonl ({image, captions, label} per line)")
+    p.add_argument("--multi-label", action="store_true",
+                   help="instead: --count scenes of 1-3 shapes, images/ + labels.csv (0/1 column per shape), for "
+                        "`siglite finetune --multi-label`")
+    p.add_argument("--count", type=int, default=500, help="with --multi-label: number of scenes (default: 500)")
     add_format_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args):
-    from ..tasks.synthetic import write_folder
+    from ..tasks.synthetic import write_folder, write_multilabel
+
+    if args.multi_label:
+        if args.count < 1:
+            raise ValueError(f"--count must be >= 1, got {args.count}")
+        emit([write_multilabel(args.out, args.count, args.seed, args.image_size)], args.format)
+        return
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
