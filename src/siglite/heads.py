@@ -64,6 +64,19 @@ class Classifier(nn.Module):
         return nn.functional.cross_entropy(logits, targets.long())
 
 
+def without_pooling_head(model: Classifier) -> Classifier:
+    """A copy sharing the weights, minus the tower's attention-pooling head, which the classifier does not use (the
+    hub layout keeps it; quantizers should not calibrate or rewrite it)."""
+    import copy
+
+    out = copy.copy(model)
+    out._modules = dict(model._modules)
+    vision = copy.copy(model.vision)
+    vision._modules = {**model.vision._modules, "head": None}
+    out._modules["vision"] = vision
+    return out
+
+
 def is_classifier(config: dict) -> bool:
     return ARCHITECTURE in (config.get("architectures") or [])
 

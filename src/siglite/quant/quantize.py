@@ -66,6 +66,10 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     t0 = time.perf_counter()
     source = resolve(model, revision=revision)
     net = cut_model(load_network(source, allow_pickle=allow_pickle), layer, post_norm)
+    if hasattr(net, "classifier"):  # a fine-tuned classifier: its logits, not the unused pooling head
+        from ..heads import without_pooling_head
+
+        net = without_pooling_head(net)
     image_config = ImageConfig.from_hf(read_json(source / PREPROCESSOR)) if net.vision is not None else None
     tokenizer = load_tokenizer(source, net.text.cfg.max_position_embeddings) if net.text is not None else None
     cal = prepare(calib, image_config, num_images=num_calib, num_check=num_check, texts=calib_texts,
