@@ -13,7 +13,7 @@ for CLIP) does not localise SigLIP here. Measured on the trained fixture (tests/
 "is the shape's patches' mean above the background's" on held-out one-shape images: occlusion with 2x2-patch windows
 93% (69/74), cosine of value-projected tokens with the text 45% (chance), last_hidden_state-vs-text cosine 57%,
 gradient norm 100% but not text-specific. With two shapes, the text of one shape makes its own patches hotter than the
-other shape's in 98% (49/50) by occlusion and 50% by gradient norm (chance). After the tower's blocks every token
+other shape's in 98% (49/50) by occlusion and 42-52% by gradient norm (chance). After the tower's blocks every token
 carries the whole image, so per-token similarities are flat; removing a region and measuring what the model loses is
 what follows the text. Occlusion needs only pooled embeddings, so it runs on every engine (ONNX, OpenVINO, INT8).
 """
