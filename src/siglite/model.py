@@ -153,11 +153,11 @@ class VisionTower(nn.Module):
         from the end, -1 = the last block) -> non-negative indices; out-of-range numbers are a ValueError."""
         depth = len(self.blocks)
         out = []
-        for k in [layers] if isinstance(layers, int) else list(layers):
-            if isinstance(k, bool) or not isinstance(k, int) or not -(depth + 1) <= k <= depth:
+        for k in [layers] if isinstance(layers, int) or not hasattr(layers, "__iter__") else list(layers):
+            if isinstance(k, bool) or not hasattr(k, "__index__") or not -(depth + 1) <= int(k) <= depth:
                 raise ValueError(f"layer {k!r} is out of range for a vision tower of {depth} blocks "
                                  f"(hidden_states 0..{depth}, or -{depth + 1}..-1)")
-            out.append(k % (depth + 1))
+            out.append(int(k) % (depth + 1))
         if not out:
             raise ValueError("no layer given")
         return out
@@ -176,10 +176,11 @@ class VisionTower(nn.Module):
         """
         wanted = self.layer_indices(layers)
         x = self.embed(pixels)  # (B, T, D) = hidden_states[0]
-        taps = {0: x}
+        taps = {0: x} if 0 in wanted else {}
         for i, block in enumerate(self.blocks[:max(wanted)], start=1):
             x = block(x)
-            taps[i] = x
+            if i in wanted:  # keep only the requested layers (a 27-block tower's activations add up)
+                taps[i] = x
         feats = [self.norm(taps[k]) if post_norm else taps[k] for k in wanted]
         return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
 

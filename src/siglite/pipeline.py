@@ -75,7 +75,7 @@ class Model:
         `post_norm`: see `image_features`."""
         if self.image_config is None:
             raise SigliteError(f"{self.name}: this checkpoint has no image preprocessing config (text-only model?)")
-        taps = self._layer_options(tokens, layer, post_norm)
+        taps = self.layer_options(tokens, layer, post_norm)
         images = _as_list(images)
         batch_size = batch_size or DEFAULT_BATCH
         feats, toks, indices, failures = [], [], [], []
@@ -114,7 +114,7 @@ class Model:
                                  on_error="raise", layer=layer, post_norm=post_norm)
         return out.tokens if tokens else out.features
 
-    def _layer_options(self, tokens: bool, layer, post_norm: bool) -> dict:
+    def layer_options(self, tokens: bool, layer, post_norm: bool) -> dict:
         """Engine keyword arguments for a layer tap (none for the default output, so every engine serves that)."""
         if layer is None:
             if post_norm:
@@ -126,7 +126,12 @@ class Model:
         if not getattr(self.engine, "supports_layers", False):
             raise SigliteError(f"the {self.engine.name} engine does not serve intermediate layers; use the torch "
                                "engine, or export the tower cut at that layer (siglite export --layer K)")
-        return {"layer": layer if isinstance(layer, int) else list(layer), "post_norm": bool(post_norm)}
+        many = hasattr(layer, "__iter__")
+        items = list(layer) if many else [layer]
+        if not items or any(isinstance(k, bool) or not hasattr(k, "__index__") for k in items):
+            raise SigliteError(f"layer must be an integer or a list of integers, got {layer!r}")
+        items = [int(k) for k in items]  # plain ints (numpy integers too), so settings serialise as JSON
+        return {"layer": items if many else items[0], "post_norm": bool(post_norm)}
 
     # -- fine-tuned classifiers ------------------------------------------------------------------------------------
 

@@ -63,7 +63,6 @@ class TorchEngine:
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).to(self.device) if mask is not None else None
         return _numpy(text(ids_t, mask_t)[1])
 
-
     @torch.inference_mode()
     def image_logits(self, pixels: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) -> classifier logits (N, C), for a fine-tuned classifier (`siglite.heads.Classifier`)."""

@@ -231,7 +231,7 @@ class ImageStep:
             raise SigliteError(f"{model.name}: this checkpoint has no vision tower / image preprocessing config")
         self.model, self.source, self.cfg = model, source, cfg
         layer = list(cfg.layer) if isinstance(cfg.layer, tuple) else cfg.layer
-        self.taps = model._layer_options(cfg.tokens, layer, cfg.post_norm)
+        self.taps = model.layer_options(cfg.tokens, layer, cfg.post_norm)
 
     def submit(self, pool: Executor, items: list[Item]) -> Future:
         m = self.model

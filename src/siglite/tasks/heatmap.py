@@ -69,7 +69,7 @@ def patch_heatmap(model: Model, image: ImageInput, text: str | None = None, *, m
         raise SigliteError(f"unknown heatmap mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "attention":
         return _to_grid(_probe_attention(model, pixels))
-    taps = model._layer_options(True, layer, post_norm)
+    taps = model.layer_options(True, layer, post_norm)
     _, tokens = model.engine.encode_image(pixels, tokens=True, **taps)
     tokens = tokens[0]  # (T, D)
     values = np.linalg.norm(tokens, axis=-1) if mode == "norm" else tokens.mean(axis=-1)
