@@ -180,3 +180,36 @@ def test_exported_classifier_serves_the_same_logits(probe, tmp_path):
     worst = float(np.abs(got - want).max())
     print(f"onnxruntime classifier: worst |diff| probabilities vs torch {worst:.2e}")
     assert served.labels == list(SHAPES) and worst <= ATOL
+
+
+def test_quantized_classifier_reports_logit_fidelity(probe, scenes, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxscript", reason="the onnx extra (onnxscript, for export) is not installed")
+    out = tmp_path / "int8"
+    assert main(["quantize", "--model", str(probe), "--calib", str(scenes / "images"), "--out", str(out),
+                 "--num-calib", "16", "--num-check", "8", "--sensitivity-samples", "0", "--format", "json"]) == 0
+    runtime = json.loads((out / "quant_report.json").read_text())["fidelity"]["runtime"]
+    assert "classifier logits" in (out / "quant_report.md").read_text()
+    images = [sc.image for sc in generate_scenes(8, seed=9, image_size=32)]
+    want = siglite.load(probe, device="cpu").predict(images)
+    got = siglite.load(out).predict(images)
+    print(f"INT8 classifier: logits cosine mean {runtime['logits']['mean']:.5f}, top-1 agreement "
+          f"{runtime['logits_top1_agreement']:.3f}; worst |diff| probabilities vs fp32 {np.abs(got - want).max():.4f}")
+    assert runtime["logits"]["mean"] > 0.99 and np.abs(got - want).max() < 0.05
+
+
+def test_synth_multilabel(tmp_path, capsys):
+    assert main(["synth", "--multi-label", "--count", "12", "--seed", "4", "--out", str(tmp_path / "a"),
+                 "--format", "json"]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert record["images"] == 12 and set(record["label_counts"]) == set(SHAPES)
+    ds = read_data(tmp_path / "a" / "labels.csv", multi_label=True)
+    assert ds.labels == list(SHAPES) and ds.targets.shape == (12, 5)
+    assert ((ds.targets.sum(1) >= 1) & (ds.targets.sum(1) <= 3)).all()
+    write_multilabel(tmp_path / "b", 12, seed=4)  # same seed, same bytes
+    rel = [Path(p).relative_to(tmp_path / "a") for p in ds.paths]
+    assert all((tmp_path / "a" / r).read_bytes() == (tmp_path / "b" / r).read_bytes() for r in rel)
+    assert (tmp_path / "a" / "labels.csv").read_text() == (tmp_path / "b" / "labels.csv").read_text()
+    scene = generate_scenes(1, seed=4)[0]
+    assert scene.labels == [s for s in SHAPES if ds.targets[0][SHAPES.index(s)]]
+    assert all(m.max() > 0.9 for m in scene.masks.values())  # every shape visible
