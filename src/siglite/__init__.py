@@ -68,8 +68,12 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
     if engine is None:
         engine = read_sidecar(folder).engine if exported else "torch"
     ckpt = read_checkpoint(folder)
+    from .heads import is_classifier
+
     image_config = ImageConfig.from_hf(read_image_processor(folder)) if ckpt.vision is not None else None
-    tokenizer = load_text_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
+    # a fine-tuned classifier (SiglipForImageClassification) keeps SiglipConfig's text_config but no text tower
+    has_text = ckpt.text is not None and not is_classifier(ckpt.config)
+    tokenizer = load_text_tokenizer(folder, ckpt.text.max_position_embeddings) if has_text else None
     check_device(device)
     module = engine_module(engine)
     served = folder

@@ -46,6 +46,10 @@ class Sidecar:
         logit_scale: learned log-scale t (logits use exp(t)).
         logit_bias: learned bias.
         logits: "sigmoid" (SigLIP) or "softmax" (CLIP: no bias).
+        vision_layer: for a vision tower cut at a layer (`export(..., layer=K)`): the hidden_states indices (0 =
+            embeddings, i = output of block i) whose tokens ``last_hidden_state`` holds (concatenated on the feature
+            axis); None for the whole tower. The graph has no block after the deepest of them and no pooled output.
+        post_norm: whether the final LayerNorm is applied to those layers.
         dims: hidden sizes, token count, projection size.
         producer: versions of siglite, torch and the exporter, and the opset.
         quantization: summary of the INT8 recipe (the full report sits beside it), or None.
@@ -68,6 +72,8 @@ class Sidecar:
     quantization: dict | None = None
     version: int = SIDECAR_VERSION
     logits: str = "sigmoid"
+    vision_layer: list[int] | None = None
+    post_norm: bool = False
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / SIDECAR

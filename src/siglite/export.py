@@ -61,6 +61,17 @@ def _graph_modules():
             hidden, pooled = self.tower(pixel_values)
             return (hidden, pooled) if pooled is not None else (hidden,)
 
+    class ClassifierGraph(nn.Module):
+        """A fine-tuned `heads.Classifier`: (last_hidden_state, logits), one pass through the tower."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            hidden = self.model.vision.forward_intermediates(pixel_values, -1, post_norm=True)  # last_hidden_state
+            return hidden, self.model.classifier(hidden.mean(dim=1))
+
     class TextGraph(nn.Module):
         """The text tower with the padding mask as a graph input (always applied: an all-ones mask masks
         nothing, so engines feed ones when the tokenizer returns no mask): pooler_output only."""
@@ -72,7 +83,7 @@ def _graph_modules():
         def forward(self, input_ids, attention_mask):
             return (self.tower(input_ids, attention_mask)[1],)
 
-    return torch, VisionGraph, TextGraph
+    return torch, VisionGraph, TextGraph, ClassifierGraph
 
 
 def export_onnx_graphs(model, out: Path, *, opset: int = OPSET) -> dict:
@@ -81,7 +92,7 @@ def export_onnx_graphs(model, out: Path, *, opset: int = OPSET) -> dict:
     Returns:
         ``{"files": ..., "inputs": ..., "outputs": ...}`` for the sidecar.
     """
-    torch, VisionGraph, TextGraph = _graph_modules()
+    torch, VisionGraph, TextGraph, ClassifierGraph = _graph_modules()
     _require("onnxscript", "onnx", "ONNX export")
     model = model.float().eval()
     graphs: dict = {"files": {}, "inputs": {}, "outputs": {}}
@@ -89,9 +100,12 @@ def export_onnx_graphs(model, out: Path, *, opset: int = OPSET) -> dict:
     if model.vision is not None:
         cfg = model.vision.cfg
         pixels = torch.zeros(2, cfg.num_channels, cfg.image_size, cfg.image_size)
-        outputs = ["last_hidden_state"] + (["pooler_output"] if model.vision.head is not None else [])
-        _export(torch, VisionGraph(model.vision), (pixels,), INPUTS["vision"], outputs, out / "vision.onnx", opset,
-                ({0: batch},))
+        if hasattr(model, "classifier"):
+            module, outputs = ClassifierGraph(model), ["last_hidden_state", "logits"]
+        else:
+            module = VisionGraph(model.vision)
+            outputs = ["last_hidden_state"] + (["pooler_output"] if model.vision.head is not None else [])
+        _export(torch, module, (pixels,), INPUTS["vision"], outputs, out / "vision.onnx", opset, ({0: batch},))
         graphs["files"]["vision"], graphs["inputs"]["vision"] = "vision.onnx", INPUTS["vision"]
         graphs["outputs"]["vision"] = outputs
     if model.text is not None:
@@ -170,11 +184,18 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
 
     image = tokenizer = text_length = None
     dims: dict = {}
+    vision_layer, post_norm = None, False
     if model.vision is not None:
         cfg = model.vision.cfg
         image = ImageConfig.from_hf(read_image_processor(source_folder)).to_dict()
         dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_tokens, image_size=cfg.image_size,
                     patch_size=cfg.patch_size)
+        if is_cut(model.vision):
+            vision_layer, post_norm = list(model.vision.taps), model.vision.post_norm
+            dims.update(vision_depth=model.vision.source_depth, vision_blocks=len(model.vision.blocks),
+                        vision_features=cfg.hidden_size * len(vision_layer))
+    if hasattr(model, "classifier"):
+        dims.update(labels=model.classifier.out_features)
     if model.text is not None:
         cfg = model.text.cfg
         text_length = cfg.max_position_embeddings
@@ -187,12 +208,13 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
         logit_bias=float(model.logit_bias.item()), logits=model.logit_kind, dims=dims,
         producer={"siglite": __version__, "torch": torch.__version__, "exporter": "torch.onnx.export(dynamo=True)",
                   "opset": opset},
-        quantization=quantization,
+        quantization=quantization, vision_layer=vision_layer, post_norm=post_norm,
     )
 
 
 def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: str | None = None,
-           allow_pickle: bool = False, opset: int = OPSET) -> Sidecar:
+           allow_pickle: bool = False, opset: int = OPSET, layer: int | list[int] | None = None,
+           post_norm: bool = False) -> Sidecar:
     """Export a checkpoint's towers to `out` as ONNX or OpenVINO, with the sidecar and the checkpoint's assets.
 
     Args:
@@ -202,16 +224,21 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: s
         revision: hub revision for hub ids.
         allow_pickle: accept a pickle checkpoint.
         opset: ONNX opset (>= 20 for the fused Gelu).
+        layer: cut the vision tower at this hidden_states index (or list of them; see
+            `VisionTower.forward_intermediates`): the graph holds only the blocks up to the deepest, outputs those
+            tokens as ``last_hidden_state`` and has no pooled output. The sidecar records the cut.
+        post_norm: apply the final LayerNorm to the cut layers.
 
     Returns:
         The written `Sidecar`; then ``siglite.load(out, engine=sidecar.engine)`` serves the folder.
     """
-    from .checkpoints import load_model, resolve
+    from .checkpoints import resolve
+    from .heads import load_network
 
     if fmt not in FORMATS:
         raise SigliteError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source = resolve(model, revision=revision)
-    _, net = load_model(source, allow_pickle=allow_pickle)
+    net = cut_model(load_network(source, allow_pickle=allow_pickle), layer, post_norm)
     out = prepare_folder(out, source)
     graphs = export_onnx_graphs(net, out, opset=opset)
     if fmt == "openvino":
@@ -228,6 +255,65 @@ def prepare_folder(out: str | Path, source: Path) -> Path:
         raise SigliteError(f"{out}: the output folder is the source checkpoint; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     copy_assets(Path(source), out)
+    return out
+
+
+# -- vision towers cut at a layer (VLM feature taps) ------------------------------------------------------------------
+
+
+def cut_vision_tower(tower, layers: int | list[int], post_norm: bool = False):
+    """A copy of `tower` that keeps only the blocks up to the deepest of `layers` and whose forward returns
+    ``(forward_intermediates(pixels, layers, post_norm), None)``: exporters, quantizers and the INT8 fidelity check
+    then see a tower that simply ends at that layer (VLM users pay for 26 blocks, not 27). The copy keeps the
+    tower's class and every field it has, so nothing here depends on how the tower is configured."""
+    import copy
+
+    taps = tower.layer_indices(layers)
+    depth = len(tower.blocks)
+    cut = copy.deepcopy(tower)
+    del cut.blocks[max(taps):]
+    cut.head = None
+    cut.__class__ = _cut_class(type(tower))
+    cut.taps, cut.post_norm, cut.source_depth = taps, bool(post_norm), depth
+    return cut
+
+
+def is_cut(tower) -> bool:
+    """Whether `tower` was made by `cut_vision_tower`."""
+    return getattr(tower, "_siglite_cut", False)
+
+
+_CUT_CLASSES: dict = {}  # tower class -> its cut subclass (made once, so deep copies and isinstance agree)
+
+
+def _cut_class(base):
+    if base not in _CUT_CLASSES:
+        def forward(self, pixels):
+            return self.forward_intermediates(pixels, self.taps, self.post_norm), None
+
+        _CUT_CLASSES[base] = type(f"Cut{base.__name__}", (base,), {"forward": forward, "_siglite_cut": True})
+    return _CUT_CLASSES[base]
+
+
+def cut_model(net, layer: int | list[int] | None, post_norm: bool = False):
+    """`net` (a `Siglip`) with its vision tower cut at `layer` (a copy; `net` itself when layer is None)."""
+    import copy
+
+    if layer is None:
+        if post_norm:
+            raise SigliteError("post_norm applies to a chosen layer (--layer K)")
+        return net
+    if getattr(net, "vision", None) is None:
+        raise SigliteError("layer= needs a vision tower; this checkpoint has none")
+    if hasattr(net, "classifier"):
+        raise SigliteError("layer= cuts a feature extractor; a fine-tuned classifier is exported whole")
+    try:
+        vision = cut_vision_tower(net.vision, layer, post_norm)
+    except ValueError as e:
+        raise SigliteError(str(e)) from e
+    out = copy.copy(net)  # shallow: the text tower is shared, the vision tower replaced
+    out._modules = dict(net._modules)
+    out._modules["vision"] = vision
     return out
 
 

@@ -149,6 +149,42 @@ class VisionTower(nn.Module):
             pooled = self.norm(pooled)
         return x, self.proj(pooled)
 
+    def layer_indices(self, layers: int | list[int] | tuple[int, ...]) -> list[int]:
+        """Layer numbers as transformers' `hidden_states` indices (0 = embeddings, i = output of block i; negative
+        from the end, -1 = the last block) -> non-negative indices; out-of-range numbers are a ValueError."""
+        depth = len(self.blocks)
+        out = []
+        for k in [layers] if isinstance(layers, int) or not hasattr(layers, "__iter__") else list(layers):
+            if isinstance(k, bool) or not hasattr(k, "__index__") or not -(depth + 1) <= int(k) <= depth:
+                raise ValueError(f"layer {k!r} is out of range for a vision tower of {depth} blocks "
+                                 f"(hidden_states 0..{depth}, or -{depth + 1}..-1)")
+            out.append(int(k) % (depth + 1))
+        if not out:
+            raise ValueError("no layer given")
+        return out
+
+    def forward_intermediates(self, pixels: torch.Tensor, layers: int | list[int] | tuple[int, ...],
+                              post_norm: bool = False) -> torch.Tensor:
+        """The tokens after the given layers, running only the blocks up to the deepest one (VLM feature taps).
+
+        Layer K is transformers' `output_hidden_states=True` `hidden_states[K]`: K = 0 the embeddings, K = i the
+        output of block i, negative K from the end (-1 the last block, -2 the one before: LLaVA's "select layer").
+        transformers applies the final LayerNorm only to `last_hidden_state`, so the taps are taken without it
+        unless `post_norm` (PaliGemma-style: the last layer after the final LayerNorm is `last_hidden_state`).
+
+        Returns:
+            (B, T, D) for one layer; several layers are concatenated on the feature axis, (B, T, D * len(layers)).
+        """
+        wanted = self.layer_indices(layers)
+        x = self.embed(pixels)  # (B, T, D) = hidden_states[0]
+        taps = {0: x} if 0 in wanted else {}
+        for i, block in enumerate(self.blocks[:max(wanted)], start=1):
+            x = block(x)
+            if i in wanted:  # keep only the requested layers (a 27-block tower's activations add up)
+                taps[i] = x
+        feats = [self.norm(taps[k]) if post_norm else taps[k] for k in wanted]
+        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+
 
 class TextTower(nn.Module):
     """Text transformer. Pools the last position (SigLIP) or the EOS position (CLIP), then projects (`head`)."""

@@ -123,12 +123,13 @@ class Model:
     # -- images ---------------------------------------------------------------------------------------------------
 
     def encode_images(self, images: Sequence[ImageInput], *, preprocess: str = "resize", tokens: bool = False,
-                      batch_size: int | None = None, on_error: str = "skip",
-                      progress: Progress | None = None) -> ImageBatch:
+                      batch_size: int | None = None, on_error: str = "skip", layer: int | Sequence[int] | None = None,
+                      post_norm: bool = False, progress: Progress | None = None) -> ImageBatch:
         """Embed images, keeping going past inputs that cannot be decoded when on_error="skip"; `progress(n)` is
-        called after each batch with its number of inputs."""
+        called after each batch with its number of inputs. `layer` / `post_norm`: see `image_features`."""
         if self.image_config is None:
             raise SigliteError(f"{self.name}: this checkpoint has no image preprocessing config (text-only model?)")
+        taps = self.layer_options(tokens, layer, post_norm)
         images = _as_list(images)
         batch_size = check_batch_size(batch_size)
         feats, toks, indices, failures = [], [], [], []
@@ -138,7 +139,7 @@ class Model:
                                                   max_pixels=self.max_pixels, background=self.background)
             failures += [(start + i, reason) for i, reason in failed]
             if ok:
-                pooled, hidden = self.engine.encode_image(pixels, tokens=tokens)
+                pooled, hidden = self.engine.encode_image(pixels, tokens=tokens, **taps)
                 indices += [start + i for i in ok]
                 if pooled is not None:
                     feats.append(pooled)
@@ -154,13 +155,73 @@ class Model:
         )
 
     def image_features(self, images: Sequence[ImageInput] | ImageInput, *, preprocess: str = "resize",
-                       tokens: bool = False, batch_size: int | None = None,
-                       progress: Progress | None = None) -> np.ndarray:
+                       tokens: bool = False, batch_size: int | None = None, layer: int | Sequence[int] | None = None,
+                       post_norm: bool = False, progress: Progress | None = None) -> np.ndarray:
         """Pooled image embeddings (N, D) = the reference `pooler_output`; with tokens=True the (N, T, D)
-        `last_hidden_state`. Any undecodable input raises `ImageError` naming it (see `encode_images` to skip)."""
+        `last_hidden_state`. Any undecodable input raises `ImageError` naming it (see `encode_images` to skip).
+
+        VLM feature taps (tokens=True): `layer=K` returns transformers' `hidden_states[K]` (0 = embeddings, K = output
+        of block K, negative from the end; -2 is LLaVA/Prismatic's choice) without the final LayerNorm, computing no
+        block after K; `layer=[K1, K2]` concatenates them on the feature axis (N, T, D * 2); `post_norm=True` applies
+        the tower's final LayerNorm to each (PaliGemma/SmolVLM take `last_hidden_state`, i.e. layer=None).
+        """
         out = self.encode_images(images, preprocess=preprocess, tokens=tokens, batch_size=batch_size,
-                                 on_error="raise", progress=progress)
+                                 on_error="raise", layer=layer, post_norm=post_norm, progress=progress)
         return out.tokens if tokens else out.features
+
+    def layer_options(self, tokens: bool, layer, post_norm: bool) -> dict:
+        """Engine keyword arguments for a layer tap (none for the default output, so every engine serves that)."""
+        if layer is None:
+            if post_norm:
+                raise SigliteError("post_norm applies to a chosen layer; last_hidden_state (layer=None) is already "
+                                   "after the final LayerNorm")
+            return {}
+        if not tokens:
+            raise SigliteError("layer= selects token features: pass tokens=True (--tokens)")
+        if not getattr(self.engine, "supports_layers", False):
+            raise SigliteError(f"the {self.engine.name} engine does not serve intermediate layers; use the torch "
+                               "engine, or export the tower cut at that layer (siglite export --layer K)")
+        many = hasattr(layer, "__iter__")
+        items = list(layer) if many else [layer]
+        if not items or any(isinstance(k, bool) or not hasattr(k, "__index__") for k in items):
+            raise SigliteError(f"layer must be an integer or a list of integers, got {layer!r}")
+        items = [int(k) for k in items]  # plain ints (numpy integers too), so settings serialise as JSON
+        return {"layer": items if many else items[0], "post_norm": bool(post_norm)}
+
+    # -- fine-tuned classifiers ------------------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names of a fine-tuned classifier (config.json `id2label`, in index order), else None."""
+        from .heads import is_classifier, labels_of
+
+        return labels_of(self.config) if is_classifier(self.config) else None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.config.get("problem_type") == "multi_label_classification"
+
+    def predict(self, images: Sequence[ImageInput] | ImageInput, *, preprocess: str = "resize",
+                batch_size: int | None = None, on_error: str = "raise") -> np.ndarray:
+        """Class probabilities (N, C) of a fine-tuned classifier (`siglite finetune`), columns in `labels` order:
+        sigmoid per label for a multi-label model, softmax over labels otherwise. With on_error="skip" rows of
+        undecodable images are NaN."""
+        if self.labels is None:
+            raise SigliteError(f"{self.name}: not a fine-tuned classifier (no id2label / classifier head); "
+                               "use classify() for zero-shot labels")
+        if not hasattr(self.engine, "image_logits"):
+            raise SigliteError(f"the {self.engine.name} engine does not serve classifier logits")
+        images = _as_list(images)
+        batch_size = batch_size or DEFAULT_BATCH
+        out = np.full((len(images), len(self.labels)), np.nan, np.float32)
+        for start in range(0, len(images), batch_size):
+            pixels, ok, _ = preprocess_batch(images[start:start + batch_size], self.image_config, preprocess,
+                                             on_error=on_error, max_pixels=self.max_pixels,
+                                             background=self.background)
+            if ok:
+                logits = self.engine.image_logits(pixels)
+                out[[start + i for i in ok]] = _probabilities(logits, self.multi_label)
+        return out
 
     # -- text -----------------------------------------------------------------------------------------------------
 
@@ -245,6 +306,13 @@ def ranked_labels(scores: np.ndarray, labels: Sequence[str], top_k: int | None =
 
 def _is_single(items) -> bool:
     return isinstance(items, (str, bytes, os.PathLike, np.ndarray)) or hasattr(items, "getpixel")
+
+
+def _probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-logits))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _as_list(items) -> list:

@@ -224,3 +224,18 @@ def check_output_folder(args, path: str, *, markers: tuple[str, ...] = (), what:
     from ..fileio import check_output_dir
 
     check_output_dir(path, overwrite=getattr(args, "overwrite", False), markers=markers, what=what)
+
+
+def add_layer_args(p: argparse.ArgumentParser, what: str = "the tokens") -> None:
+    """--layer K [K2 ...] and --post-norm: VLM feature taps (transformers hidden_states numbering)."""
+    p.add_argument("--layer", type=int, nargs="+", default=None, metavar="K",
+                   help=f"{what} of hidden_states[K] instead of last_hidden_state: 0 = embeddings, K = output of "
+                        "block K, negative from the end (-2: LLaVA/Prismatic), no final LayerNorm; several K are "
+                        "concatenated on the feature axis. Blocks after K are not computed")
+    p.add_argument("--post-norm", action="store_true", help="apply the tower's final LayerNorm to the --layer tokens")
+
+
+def layer_value(args) -> int | list[int] | None:
+    """--layer as the library takes it: None, one int, or a list."""
+    layer = getattr(args, "layer", None)
+    return None if layer is None else (layer[0] if len(layer) == 1 else list(layer))

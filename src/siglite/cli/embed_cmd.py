@@ -4,8 +4,8 @@ embeddings; resumable and incremental."""
 import argparse
 import os
 
-from .common import add_batch_size_arg, add_format_arg, add_model_args, add_quiet_arg, emit, load_model, positive_int, \
-    warn
+from .common import add_batch_size_arg, add_format_arg, add_layer_args, add_model_args, add_quiet_arg, emit, layer_value, \
+    load_model, positive_int, warn
 
 # Spelled here so that `siglite --help` stays light (tests check them against siglite.tasks.embed).
 DTYPES = ("float32", "float16")
@@ -42,6 +42,7 @@ def register(sub):
     p.add_argument("--normalize", action="store_true",
                    help="write unit-length (L2-normalised) pooled rows, as vector indexes expect; the manifest "
                         "records \"normalized\"")
+    add_layer_args(p, "with --tokens: write the tokens")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written arrays")
     add_batch_size_arg(p, help="engine batch size (default 32)")
     p.add_argument("--workers", type=positive_int, default=None,
@@ -68,7 +69,8 @@ def run(args):
         record = embed(model, args.src, args.out, text=args.text, column=args.column, preprocess=args.preprocess,
                        tokens=args.tokens, normalize=args.normalize, dtype=args.dtype, shard_size=args.shard_size,
                        batch_size=args.batch_size, workers=args.workers, distributed=args.distributed,
-                       load_args=load_args, progress=not args.quiet)
+                       load_args=load_args, progress=not args.quiet,
+                       layer=layer_value(args), post_norm=args.post_norm)
     except EmbedInterrupted as e:
         args.interrupt_hint = (f"{e.done}/{e.total} shards are on disk in {e.out}; run the same command again to "
                                f"finish (only the missing shards are computed)")

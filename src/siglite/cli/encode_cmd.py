@@ -2,8 +2,8 @@
 
 import argparse
 
-from .common import (add_batch_size_arg, add_format_arg, add_model_args, add_overwrite_arg, add_quiet_arg, emit,
-                     load_model, progress_bar, warn)
+from .common import (add_batch_size_arg, add_format_arg, add_layer_args, add_model_args, add_overwrite_arg, add_quiet_arg,
+                     emit, layer_value, load_model, progress_bar, warn)
 
 EPILOG = """examples:
   siglite encode a.jpg b.jpg --model M --out img.npy
@@ -24,6 +24,7 @@ def register(sub):
     p.add_argument("--text", nargs="+", default=None, help="texts to embed instead of images")
     p.add_argument("--out", "-o", required=True, help="output .npy file")
     p.add_argument("--tokens", action="store_true", help="write last_hidden_state (N, T, D) instead of pooled (N, D)")
+    add_layer_args(p, "with --tokens: write the tokens")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
     add_batch_size_arg(p)
     p.add_argument("--normalize", action="store_true", help="L2-normalise pooled embeddings")
@@ -65,7 +66,7 @@ def run(args):
         with progress_bar(args, len(args.images), "encode", "img") as bar:
             batch = model.encode_images(args.images, preprocess=args.preprocess, tokens=args.tokens,
                                         batch_size=args.batch_size, on_error="skip" if args.skip_bad else "raise",
-                                        progress=bar)
+                                        layer=layer_value(args), post_norm=args.post_norm, progress=bar)
         failures = batch.failures
         for _, reason in failures:
             warn(args, f"skipped {reason}")

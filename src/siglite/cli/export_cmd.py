@@ -2,7 +2,7 @@
 
 import argparse
 
-from .common import add_overwrite_arg, add_quiet_arg, check_output_folder, emit, warn
+from .common import add_layer_args, add_overwrite_arg, add_quiet_arg, check_output_folder, emit, layer_value, warn
 
 EPILOG = """examples:
   siglite export --model google/siglip-base-patch16-224 --graph-format onnx --out siglip-onnx
@@ -25,6 +25,7 @@ def register(sub):
                    help="graph format (default: onnx)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    add_layer_args(p, "export the vision tower cut at a layer: its output is the tokens")
     p.add_argument("--format", choices=["table", "json", "onnx", "openvino"], default="table",
                    help="how to print the result: table (default) or json")
     p.add_argument("--output-format", dest="format", choices=["table", "json"], help=argparse.SUPPRESS)  # deprecated
@@ -54,7 +55,8 @@ def run(args):
     if show:
         warn(args, f"exporting {args.model} to {graph_format} (vision + text graphs; a minute for a base model) ...")
     with staged_dir(args.out) as tmp:
-        sidecar = export(args.model, tmp, graph_format, revision=args.revision)
+        sidecar = export(args.model, tmp, graph_format, revision=args.revision, layer=layer_value(args),
+                         post_norm=args.post_norm)
     if show:
         warn(args, f"exported in {time.perf_counter() - t0:.1f} s")
     emit([{"out": args.out, "format": sidecar.format, "engine": sidecar.engine, "precision": sidecar.precision,

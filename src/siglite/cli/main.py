@@ -16,6 +16,7 @@ COMMANDS = ["list", "info", "classify", "encode", "eval", "bench", "embed", "sea
             "synth", "train"]
 COMMANDS += ["serve"]
 COMMANDS += ["convert"]  # checkpoint layouts (wp-layout)
+COMMANDS += ["heatmap", "finetune", "predict"]  # VLM features, fine-tuned heads
 
 EPILOG = """examples:
   siglite list

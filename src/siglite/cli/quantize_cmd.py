@@ -3,8 +3,8 @@ report (quant_report.json / .md) that `siglite.load(DIR)` and every command serv
 
 import argparse
 
-from .common import add_format_arg, add_overwrite_arg, add_quiet_arg, check_output_folder, emit, existing_file, \
-    nonnegative_int, positive_int
+from .common import add_format_arg, add_layer_args, add_overwrite_arg, add_quiet_arg, check_output_folder, emit, \
+    existing_file, layer_value, nonnegative_int, positive_int
 
 # Spelled here, not imported: `siglite --help` must not import torch (tests/test_cli.py checks these against
 # quant.int8.RECIPES / FidelityTarget and tasks.quantize.ENGINES).
@@ -45,6 +45,7 @@ def register(sub):
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     add_overwrite_arg(p, "quantized folder")
     add_quiet_arg(p)
+    add_layer_args(p, "quantize the vision tower cut at a layer: its output is the tokens")
     add_format_arg(p)
     p.set_defaults(run=run)
 
@@ -65,7 +66,8 @@ def run(args):
                    num_check=args.num_check,
                    calib_texts=args.calib_text, preprocess=args.preprocess,
                    sensitivity_samples=args.sensitivity_samples, revision=args.revision,
-                   progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)))
+                   progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)), layer=layer_value(args),
+                   post_norm=args.post_norm)
     rows = []
     for output, s in rep["fidelity"]["runtime"].items():
         if isinstance(s, dict):

@@ -25,13 +25,22 @@ def register(sub):
     p.add_argument("--jsonl", action="store_true", help="also write captions.jsonl ({image, captions, label} per line)")
     add_overwrite_arg(p, "dataset (a folder holding classnames.txt)")
     add_quiet_arg(p)
+    p.add_argument("--multi-label", action="store_true",
+                   help="instead: --count scenes of 1-3 shapes, images/ + labels.csv (0/1 column per shape), for "
+                        "`siglite finetune --multi-label`")
+    p.add_argument("--count", type=positive_int, default=500, help="with --multi-label: number of scenes (default: 500)")
     add_format_arg(p)
     p.set_defaults(run=run)
 
 
 def run(args):
+    from ..data.synthetic import write_folder, write_multilabel
     from ..fileio import check_output_dir
-    from ..data.synthetic import write_folder
+
+    if args.multi_label:
+        check_output_dir(args.out, overwrite=args.overwrite, markers=("labels.csv",), what="dataset")
+        emit([write_multilabel(args.out, args.count, args.seed, args.image_size)], args.format)
+        return
 
     check_output_dir(args.out, overwrite=args.overwrite, markers=("classnames.txt",), what="dataset")
     with progress_bar(args, args.per_class * N_CLASSES, "synth", "img") as bar:

@@ -227,3 +227,101 @@ def write_folder(out: str | Path, n_per_class: int, seed: int = 0, image_size: i
             (tmp / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = out / "captions.jsonl" if jsonl else None
     return {"folder": str(out), "images": len(rows), "classes": len(CLASSNAMES), "jsonl": str(path) if path else None}
+
+
+# -- multi-label scenes -----------------------------------------------------------------------------------------------
+
+SCENE_RADIUS = (0.17, 0.24)  # shape radius as a fraction of the side: three fit without covering each other much
+
+
+class Scene(NamedTuple):
+    """One generated multi-label scene."""
+
+    image: Image.Image
+    labels: list[str]  # the shapes present (SHAPES order), 1..max_shapes distinct ones
+    masks: dict[str, np.ndarray]  # shape -> (H, W) float coverage in [0, 1] of that shape's visible pixels
+    colours: dict[str, str]  # shape -> its colour name
+
+
+def generate_scenes(n: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, *, min_shapes: int = 1,
+                    max_shapes: int = 3, radius: tuple[float, float] = SCENE_RADIUS) -> list[Scene]:
+    """`n` scenes of `min_shapes`..`max_shapes` distinct procedural shapes (each in a random colour) on the same
+    textured backgrounds as `generate`: a multi-label set (labels = which shapes are present) that a classifier has
+    to learn, since shape is what a colour-and-texture shortcut cannot tell. Centres are drawn so shapes overlap
+    little (best of a few tries). Same arguments -> identical pixels."""
+    if not 1 <= min_shapes <= max_shapes <= len(SHAPES):
+        raise ValueError(f"need 1 <= min_shapes <= max_shapes <= {len(SHAPES)}, got {min_shapes}, {max_shapes}")
+    if n < 0 or image_size < 8:
+        raise ValueError(f"need n >= 0 and image_size >= 8, got n={n}, image_size={image_size}")
+    rng = np.random.default_rng(seed)
+    return [_draw_scene(rng, image_size, int(rng.integers(min_shapes, max_shapes + 1)), radius) for _ in range(n)]
+
+
+def _draw_scene(rng: np.random.Generator, image_size: int, k: int, radius: tuple[float, float]) -> Scene:
+    S = image_size * SUPERSAMPLE
+    tone = str(rng.choice(list(TONES)))
+    texture = str(rng.choice(TEXTURES))
+    grey = int(rng.integers(*TONES[tone]))
+    canvas = Image.new("RGB", (S, S), (grey,) * 3)
+    _texture(ImageDraw.Draw(canvas), texture, grey, S, rng)
+    shapes = [SHAPES[i] for i in sorted(rng.choice(len(SHAPES), size=k, replace=False))]
+    placed: list[tuple[float, float, float]] = []
+    full_masks = {}
+    for shape in shapes:
+        r = rng.uniform(*radius) * S
+        best = None
+        for _ in range(20):  # keep the candidate centre farthest from the shapes already placed
+            c = (rng.uniform(r, S - r), rng.uniform(r, S - r))
+            gap = min((math.dist(c, p[:2]) - r - p[2] for p in placed), default=S)
+            if best is None or gap > best[0]:
+                best = (gap, c)
+            if gap > 0:
+                break
+        cx, cy = best[1]
+        placed.append((cx, cy, r))
+        colour = str(rng.choice(list(COLOURS)))
+        fill = tuple(int(np.clip(c + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255))
+                     for c in COLOURS[colour])
+        mask = Image.new("L", (S, S), 0)
+        if shape == "circle":
+            box = [cx - r, cy - r, cx + r, cy + r]
+            ImageDraw.Draw(canvas).ellipse(box, fill=fill)
+            ImageDraw.Draw(mask).ellipse(box, fill=255)
+        else:
+            pts = _polygon(shape, cx, cy, r, rng.uniform(-20, 20))
+            ImageDraw.Draw(canvas).polygon(pts, fill=fill)
+            ImageDraw.Draw(mask).polygon(pts, fill=255)
+        for other, _ in full_masks.values():  # a later shape covers the earlier ones
+            other.paste(0, mask=mask)
+        full_masks[shape] = (mask, colour)
+    img = canvas.resize((image_size, image_size), Image.Resampling.BOX)
+    std = NOISE_STD * (3 if texture == "noisy" else 1)
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, std, (image_size, image_size, 1))
+    img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
+    masks = {s: np.asarray(m.resize((image_size, image_size), Image.Resampling.BOX), np.float32) / 255.0
+             for s, (m, _) in full_masks.items()}
+    return Scene(img, shapes, masks, {s: c for s, (_, c) in full_masks.items()})
+
+
+def write_multilabel(out: str | Path, n: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, *,
+                     min_shapes: int = 1, max_shapes: int = 3) -> dict:
+    """Write `n` scenes of `generate_scenes` as a multi-label set: `out/images/<index>.png` and `out/labels.csv`
+    (header ``image,circle,cross,square,star,triangle``; one row per image with its path relative to `out` and a
+    0/1 column per shape) — the layout `siglite finetune --data out/labels.csv --multi-label` reads (the seed's
+    Kaggle multi-label CSV has the same shape, plus a text column that finetune ignores).
+
+    Returns a record: folder, csv, images, labels, label_counts.
+    """
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = [",".join(["image", *SHAPES])]
+    counts = dict.fromkeys(SHAPES, 0)
+    for i, scene in enumerate(generate_scenes(n, seed, image_size, min_shapes=min_shapes, max_shapes=max_shapes)):
+        name = f"images/{i:05d}.png"
+        scene.image.save(out / name, optimize=False)
+        lines.append(",".join([name, *("1" if s in scene.labels else "0" for s in SHAPES)]))
+        for s in scene.labels:
+            counts[s] += 1
+    (out / "labels.csv").write_text("\n".join(lines) + "\n")
+    return {"folder": str(out), "csv": str(out / "labels.csv"), "images": n, "labels": len(SHAPES),
+            "label_counts": counts}

@@ -37,6 +37,7 @@ class GraphEngine:
     """
 
     name = "graph"
+    supports_layers = True  # a tower exported cut at a layer serves that layer (and refuses any other)
 
     def __init__(self, folder: str | Path, *, dtype: str | None = None):
         self.folder = Path(folder)
@@ -61,14 +62,41 @@ class GraphEngine:
         if tower not in self.graphs:
             raise SigliteError(f"{self.folder}: this export has no {tower} tower")
 
-    def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def encode_image(self, pixels: np.ndarray, tokens: bool = False, layer: int | list[int] | None = None,
+                     post_norm: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
         self._tower("vision")
+        self._check_layer(layer, post_norm)
         has_pooled = "pooler_output" in self.sidecar.outputs["vision"]
         check_pooled(has_pooled, tokens)
         wanted = (["pooler_output"] if has_pooled else []) + (["last_hidden_state"] if tokens else [])
         got = dict(zip(wanted, self._run("vision", {"pixel_values": np.ascontiguousarray(pixels, np.float32)},
                                          wanted)))
         return got.get("pooler_output"), got.get("last_hidden_state")
+
+    def _check_layer(self, layer, post_norm: bool) -> None:
+        """An exported graph computes one fixed output: serve a layer only from a folder cut at exactly it."""
+        sc = self.sidecar
+        if sc.vision_layer is None:
+            if layer is not None:
+                raise SigliteError(f"{self.folder}: exported with the whole vision tower; intermediate layers need "
+                                   f"an export cut at that layer (siglite export --layer {layer})")
+            return
+        cut = f"layer {sc.vision_layer if len(sc.vision_layer) > 1 else sc.vision_layer[0]}" + \
+            (" with post_norm" if sc.post_norm else "")
+        if layer is None:
+            raise SigliteError(f"{self.folder}: this export is the vision tower cut at {cut}; ask for that layer "
+                               "(layer=..., --layer) and tokens")
+        wanted = normalize_layers(layer, int(sc.dims.get("vision_depth", 0)))
+        if wanted != list(sc.vision_layer) or bool(post_norm) != bool(sc.post_norm):
+            raise SigliteError(f"{self.folder}: this export is the vision tower cut at {cut}; it cannot serve "
+                               f"layer {layer}{' with post_norm' if post_norm else ''} (export again with --layer)")
+
+    def image_logits(self, pixels: np.ndarray) -> np.ndarray:
+        """Classifier logits (N, C) of an exported fine-tuned classifier."""
+        self._tower("vision")
+        if "logits" not in self.sidecar.outputs["vision"]:
+            raise SigliteError(f"{self.folder}: this export has no classification head")
+        return self._run("vision", {"pixel_values": np.ascontiguousarray(pixels, np.float32)}, ["logits"])[0]
 
     def encode_text(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         self._tower("text")
@@ -88,3 +116,13 @@ def _check_weight_range(folder: Path, quantization: dict | None) -> None:
         warnings.warn(f"{folder}: INT8 weights use the full 8-bit range (quantized for {quantization.get('cpu_isa')}), "
                       f"but this CPU ({isa.name}) can saturate u8*s8 pair sums, so accuracy drops; quantize again on "
                       f"this CPU (or with SIGLITE_CPU_ISA={isa.name}) for 7-bit weights", stacklevel=3)
+
+
+def normalize_layers(layer: int | list[int], depth: int) -> list[int]:
+    """hidden_states indices (negative from the end) of a tower of `depth` blocks -> non-negative indices."""
+    out = []
+    for k in [layer] if isinstance(layer, int) else list(layer):
+        if not -(depth + 1) <= int(k) <= depth:
+            raise SigliteError(f"layer {k} is out of range for a vision tower of {depth} blocks")
+        out.append(int(k) % (depth + 1))
+    return out

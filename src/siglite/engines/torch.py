@@ -44,10 +44,18 @@ class TorchEngine:
             raise SigliteError(f"this checkpoint has no {tower} tower")
         return module
 
+    supports_layers = True  # encode_image takes layer= / post_norm= (VLM feature taps)
+
     @torch.inference_mode()
-    def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def encode_image(self, pixels: np.ndarray, tokens: bool = False, layer: int | list[int] | None = None,
+                     post_norm: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         vision = self._tower("vision")
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        if layer is not None:  # only the blocks up to the deepest tap run; no pooled output
+            try:
+                return None, _numpy(vision.forward_intermediates(x, layer, post_norm))
+            except ValueError as e:
+                raise SigliteError(str(e)) from e
         hidden, pooled = vision(x)
         check_pooled(pooled is not None, tokens)
         return (_numpy(pooled) if pooled is not None else None), (_numpy(hidden) if tokens else None)
@@ -59,13 +67,21 @@ class TorchEngine:
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).to(self.device) if mask is not None else None
         return _numpy(text(ids_t, mask_t)[1])
 
+    @torch.inference_mode()
+    def image_logits(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) -> classifier logits (N, C), for a fine-tuned classifier (`siglite.heads.Classifier`)."""
+        if not hasattr(self.model, "classifier"):
+            raise SigliteError("this checkpoint has no classification head (see `siglite finetune`)")
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        return _numpy(self.model(x))
+
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.float().cpu().numpy()
 
 
 def create(folder, *, device=None, dtype=None, allow_pickle: bool = False, **_) -> TorchEngine:
-    from ..checkpoints import load_model
+    from ..heads import load_network
 
-    _, model = load_model(folder, allow_pickle=allow_pickle)
+    model = load_network(folder, allow_pickle=allow_pickle)  # a Siglip, or a fine-tuned Classifier
     return TorchEngine(model, device=device, dtype=dtype)

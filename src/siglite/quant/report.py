@@ -9,7 +9,7 @@ from pathlib import Path
 REPORT_JSON = "quant_report.json"
 REPORT_MD = "quant_report.md"
 OUTPUT_NAMES = {"vision_hidden": "vision last_hidden_state", "vision_pooled": "vision pooler_output",
-                "text_pooled": "text pooler_output"}
+                "text_pooled": "text pooler_output", "logits": "classifier logits"}
 
 
 def write(folder: Path, report: dict) -> tuple[Path, Path]:
@@ -69,6 +69,13 @@ def markdown(report: dict) -> str:
     if "zero_shot_top1_agreement" in r["fidelity"]["runtime"]:
         lines += ["", f"Zero-shot top-1 agreement (held-out images against held-out texts): "
                       f"{r['fidelity']['runtime']['zero_shot_top1_agreement']:.4f}"]
+    if "logits_top1_agreement" in r["fidelity"]["runtime"]:
+        lines += ["", f"Classifier top-1 agreement (held-out images): "
+                      f"{r['fidelity']['runtime']['logits_top1_agreement']:.4f}"]
+    if r.get("vision_layer") is not None:
+        lines += ["", f"Vision tower cut at hidden_states {r['vision_layer']}"
+                      f"{' with the final LayerNorm' if r.get('post_norm') else ''}: 'vision last_hidden_state' "
+                      "above is that layer's tokens."]
     lines += ["", "## Layers kept in float32", ""]
     lines += [f"- `{lp['name']}`: {lp['reason']}" for lp in kept] or ["none: the fully quantized model met the target"]
     lines += ["", "## Per layer", "",

@@ -28,7 +28,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
              recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 256,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
              sensitivity_samples: int = 4, revision: str | None = None, allow_pickle: bool = False,
-             progress=None) -> dict:
+             progress=None, layer: int | list[int] | None = None, post_norm: bool = False) -> dict:
     """Post-training INT8 quantization of a checkpoint's towers (see `siglite.quant.int8` for the recipe).
 
     Args:
@@ -47,13 +47,17 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         revision: hub revision.
         allow_pickle: accept a pickle checkpoint.
         progress: callable(str) for progress lines (default: logging).
+        layer: cut the vision tower at this layer first (see `siglite.export.export`): only the blocks up to it are
+            calibrated, quantized and written, and fidelity is measured on that layer's tokens.
+        post_norm: apply the final LayerNorm to the cut layer.
 
     Returns:
         The report (also written as ``quant_report.json`` and ``.md`` in `out`).
     """
-    from ..export import build_sidecar, export_onnx_graphs, prepare_folder
-    from ..checkpoints import load_model, resolve
+    from ..export import build_sidecar, cut_model, export_onnx_graphs, prepare_folder
+    from ..checkpoints import resolve
     from ..checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
+    from ..heads import load_network
     from ..preprocess.image import ImageConfig
 
     if engine not in ENGINES:
@@ -66,7 +70,11 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     say = progress or log.info
     t0 = time.perf_counter()
     source = resolve(model, revision=revision)
-    _, net = load_model(source, allow_pickle=allow_pickle)
+    net = cut_model(load_network(source, allow_pickle=allow_pickle), layer, post_norm)
+    if hasattr(net, "classifier"):  # a fine-tuned classifier: its logits, not the unused pooling head
+        from ..heads import without_pooling_head
+
+        net = without_pooling_head(net)
     image_config = ImageConfig.from_hf(read_image_processor(source)) if net.vision is not None else None
     tokenizer = load_tokenizer(source, net.text.cfg.max_position_embeddings) if net.text is not None else None
     cal = prepare(calib, image_config, num_images=num_calib, num_check=num_check, texts=calib_texts,
@@ -99,6 +107,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
 
     info = p.to_dict()
     rep = {"model": str(model), "output": str(out), "engine": engine, "precision": "int8",
+           "vision_layer": sidecar.vision_layer, "post_norm": sidecar.post_norm,
            "recipe_name": recipe_name, "recipe": info["recipe"], "target": info["target"],
            "calibration": {**cal.describe(), "preprocess": preprocess, "failures": cal.failures[:20]},
            "layers": info["layers"], "float32_layers": kept,
@@ -139,9 +148,11 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
     served = siglite.load(folder, engine=engine).engine
     out: dict = {}
     ref_pooled = got_pooled = None
+    sc = served.sidecar
+    taps = {"layer": sc.vision_layer, "post_norm": sc.post_norm} if sc.vision_layer is not None else {}
     with torch.inference_mode():
         if cal.check_pixels is not None and reference.vision is not None:
-            got = [served.encode_image(cal.check_pixels[i:i + BATCH], tokens=True)
+            got = [served.encode_image(cal.check_pixels[i:i + BATCH], tokens=True, **taps)
                    for i in range(0, len(cal.check_pixels), BATCH)]
             ref = [reference.vision(torch.from_numpy(cal.check_pixels[i:i + BATCH]))
                    for i in range(0, len(cal.check_pixels), BATCH)]
@@ -150,6 +161,13 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
                 ref_pooled = torch.cat([r[1] for r in ref]).numpy()
                 got_pooled = np.concatenate([g[0] for g in got])
                 out["vision_pooled"] = cosine_summary(ref_pooled, got_pooled)
+            if hasattr(reference, "classifier"):  # a fine-tuned classifier: its logits and top-1 agreement
+                ref_l = torch.cat([reference(torch.from_numpy(cal.check_pixels[i:i + BATCH]))
+                                   for i in range(0, len(cal.check_pixels), BATCH)]).numpy()
+                got_l = np.concatenate([served.image_logits(cal.check_pixels[i:i + BATCH])
+                                        for i in range(0, len(cal.check_pixels), BATCH)])
+                out["logits"] = cosine_summary(ref_l, got_l)
+                out["logits_top1_agreement"] = float((ref_l.argmax(1) == got_l.argmax(1)).mean())
         if cal.check_texts and reference.text is not None:
             ids, mask = tokenizer(cal.check_texts)
             got_t = served.encode_text(ids, mask)

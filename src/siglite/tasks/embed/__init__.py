@@ -51,7 +51,8 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
           column: str | None = None, preprocess: str = "resize", tokens: bool = False, normalize: bool = False,
           dtype: str = "float32", shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int | None = None,
           workers: int | None = None, executor: str = "thread", distributed: str | None = None,
-          load_args: dict | None = None, progress: bool = True) -> dict:
+          load_args: dict | None = None, progress: bool = True, layer: int | list[int] | None = None,
+          post_norm: bool = False) -> dict:
     """Embeds every image (or, with text=True, every line) of SRC into sharded files under OUT; resumable and
     incremental.
 
@@ -74,6 +75,8 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
         load_args: How Ray workers load the model: kwargs of `siglite.load` plus "name_or_path"
             (default: this model's folder, engine and precision).
         progress: Show a progress bar on stderr (when stderr is a terminal).
+        layer: With tokens: write hidden_states[layer] (see `Model.image_features`) instead of last_hidden_state.
+        post_norm: With layer: apply the final LayerNorm to it.
 
     Returns:
         A flat record: out, modality, items, embedded, errors, shards, shards_run, items_run, new, removed, seconds,
@@ -90,9 +93,12 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
         raise SigliteError(f"unknown distributed backend {distributed!r}; the only one is 'ray'")
     if text and tokens:
         raise SigliteError("--tokens applies to images, not to --text")
+    if text and layer is not None:
+        raise SigliteError("--layer applies to image tokens, not to --text")
     cfg = EmbedConfig(preprocess=preprocess, tokens=tokens, normalize=normalize, dtype=dtype, shard_size=shard_size,
                       batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-                      workers=workers or default_workers(), executor=executor)
+                      workers=workers or default_workers(), executor=executor,
+                      layer=layer if layer is None or isinstance(layer, int) else tuple(layer), post_norm=post_norm)
     require_pyarrow()
     output = OutputDir(Path(out).absolute(), "text" if text else "image")
     _check_out_path(output.path)  # before listing SRC, which can take a while
@@ -105,7 +111,7 @@ def embed(model: Model, src: str | os.PathLike, out: str | os.PathLike, *, text:
     settings = job_settings(model, source, cfg)
     old = output.check(settings)
 
-    done = output.done_records(int(old["shards"]), cfg.tokens) if old else {}
+    done = output.done_records(int(old["shards"]), cfg.tokens, old["dims"].get("emb") is not None) if old else {}
     keys = identities(items, source.modality)
     covered = {key for record in done.values() for key in record["keys"]}
     used_ids = {i for record in done.values() for i in record["ids"]}

@@ -55,6 +55,8 @@ class EmbedConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int = field(default_factory=default_workers)
     executor: str = "thread"
+    layer: int | tuple[int, ...] | None = None  # VLM feature tap (see Model.image_features); with tokens only
+    post_norm: bool = False
 
     def __post_init__(self):
         if self.preprocess not in PREPROCESS:
@@ -139,6 +141,8 @@ def job_settings(model: Model, source: Source, cfg: EmbedConfig) -> dict:
     if source.modality == "image":
         settings.update(preprocess=cfg.preprocess, tokens=cfg.tokens, image=model.image_config.to_dict(),
                         max_pixels=model.max_pixels, background=list(model.background))
+        if cfg.layer is not None:  # only when set, so the hash of a default job stays what it was
+            settings.update(layer=cfg.layer, post_norm=cfg.post_norm)
     else:
         settings.update(tokenizer=model.tokenizer.settings())
     return settings
@@ -188,6 +192,8 @@ class ImageStep:
         if model.image_config is None:
             raise SigliteError(f"{model.name}: this checkpoint has no vision tower / image preprocessing config")
         self.model, self.source, self.cfg = model, source, cfg
+        layer = list(cfg.layer) if isinstance(cfg.layer, tuple) else cfg.layer
+        self.taps = model.layer_options(cfg.tokens, layer, cfg.post_norm)
 
     def submit(self, pool: Executor, items: list[Item]) -> Future:
         m = self.model
@@ -197,13 +203,13 @@ class ImageStep:
     def encode(self, prep: Prepared) -> tuple[np.ndarray | None, np.ndarray | None]:
         if len(prep.inputs) == 0:
             return None, None
-        return self.model.engine.encode_image(prep.inputs, tokens=self.cfg.tokens)
+        return self.model.engine.encode_image(prep.inputs, tokens=self.cfg.tokens, **self.taps)
 
     def probe(self) -> dict:
         """Output dims from one blank image (needed to write a shard in which every image failed)."""
         c = self.model.image_config
         pooled, hidden = self.model.engine.encode_image(np.zeros((1, 3, c.height, c.width), np.float32),
-                                                        tokens=self.cfg.tokens)
+                                                        tokens=self.cfg.tokens, **self.taps)
         return {"emb": None if pooled is None else list(pooled.shape[1:]),
                 "tokens": None if hidden is None else list(hidden.shape[1:])}
 

@@ -147,13 +147,14 @@ class OutputDir:
             for stale in filter(_is_temp, d.iterdir()):  # left by a killed run
                 stale.unlink(missing_ok=True)
 
-    def is_done(self, k: int, tokens: bool) -> bool:
-        paths = [self.marker(k), self.metadata(k), self.emb(k)]
+    def is_done(self, k: int, tokens: bool, emb: bool = True) -> bool:
+        # emb=False: a layer-tap job writes tokens only (no pooled output without the whole tower)
+        paths = [self.marker(k), self.metadata(k)] + ([self.emb(k)] if emb else [])
         return all(p.is_file() for p in paths) and (not tokens or self.tokens(k).is_file())
 
-    def done_records(self, n_shards: int, tokens: bool) -> dict[int, dict]:
+    def done_records(self, n_shards: int, tokens: bool, emb: bool = True) -> dict[int, dict]:
         """Shard index -> done-marker record, for the finished shards among the first `n_shards`."""
-        return {k: json.loads(self.marker(k).read_text()) for k in range(n_shards) if self.is_done(k, tokens)}
+        return {k: json.loads(self.marker(k).read_text()) for k in range(n_shards) if self.is_done(k, tokens, emb)}
 
     def write_shard(self, k: int, meta: dict[str, list], emb: np.ndarray | None, tokens: np.ndarray | None,
                     record: dict, dtype: str) -> dict:
