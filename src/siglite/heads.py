@@ -92,7 +92,7 @@ def load_network(folder: Path, *, allow_pickle: bool = False) -> nn.Module:
     """A checkpoint folder -> `Siglip`, or `Classifier` for a SiglipForImageClassification folder."""
     from .checkpoints import CONFIG, load_model, read_json
 
-    if is_classifier(read_json(Path(folder) / CONFIG)):
+    if (Path(folder) / CONFIG).is_file() and is_classifier(read_json(Path(folder) / CONFIG)):
         return load_classifier(folder, allow_pickle=allow_pickle)
     return load_model(Path(folder), allow_pickle=allow_pickle)[1]
 
