@@ -31,8 +31,8 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
         **engine_options: passed to the engine (e.g. cuda: `calib=` pixels for FP8, `compile=`, `graph_sizes=`).
     """
     from .engines.base import engine_module
-    from .loading import PREPROCESSOR, read_checkpoint, read_json, resolve
-    from .preprocess.image import ImageConfig
+    from .loading import read_checkpoint, resolve
+    from .preprocess.naflex import load_image_config
     from .preprocess.text import load_tokenizer
 
     from .export import is_exported, read_sidecar
@@ -41,7 +41,8 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
     if engine is None:
         engine = read_sidecar(folder).engine if is_exported(folder) else "torch"
     ckpt = read_checkpoint(folder)
-    image_config = ImageConfig.from_hf(read_json(folder / PREPROCESSOR)) if ckpt.vision is not None else None
+    # preprocessor_config.json (SiglipImageProcessor, or Siglip2ImageProcessor for NaFlex) or processor_config.json
+    image_config = load_image_config(folder) if ckpt.vision is not None else None
     tokenizer = load_tokenizer(folder, ckpt.text.max_position_embeddings) if ckpt.text is not None else None
     runner = engine_module(engine).create(folder, device=device, dtype=dtype, allow_pickle=allow_pickle,
                                          **engine_options)

@@ -7,6 +7,7 @@ missing or unused weights are reported by name (as nanoGPT's `from_pretrained` a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -28,6 +29,28 @@ HUB_FILES = ["*.json", "*.safetensors", "spiece.model", "tokenizer.model"]
 
 # transformers' model_type -> which towers the checkpoint holds
 MODEL_TYPES = {"siglip": ("vision", "text"), "siglip_vision_model": ("vision",), "siglip_text_model": ("text",)}
+
+# -- SigLIP 2 NaFlex ("siglip2" model types) --------------------------------------------------------------------
+# transformers' Siglip2Model keeps SigLIP's weight names; only the vision config differs (see naflex_vision_fields):
+# embeddings.patch_embedding is an nn.Linear over (p, p, C) patches and the position grid is num_patches long.
+NAFLEX_MODEL_TYPES = {"siglip2": ("vision", "text"), "siglip2_vision_model": ("vision",),
+                      "siglip2_text_model": ("text",)}
+
+
+def naflex_vision_fields(vision: dict, where: Path) -> dict:
+    """A Siglip2VisionConfig dict -> our TowerConfig fields: the square position grid of `num_patches` becomes
+    image_size = grid * patch_size (so `TowerConfig.grid` is its side), and `variable_resolution` is set."""
+    num_patches = vision.get("num_patches", 256)  # Siglip2VisionConfig's default
+    grid = math.isqrt(num_patches) if isinstance(num_patches, int) and num_patches > 0 else 0
+    if grid * grid != num_patches:
+        raise LoadError(f"{where}: vision_config.num_patches {num_patches!r} is not a square number of patches")
+    patch_size = vision.get("patch_size", 16)
+    if not isinstance(patch_size, int):  # transformers allows a (p, p) pair; the checkpoints use one int
+        raise LoadError(f"{where}: vision_config.patch_size {patch_size!r}: only square patches (one int) supported")
+    return {**vision, "image_size": grid * patch_size, "patch_size": patch_size, "variable_resolution": True}
+
+
+MODEL_TYPES.update(NAFLEX_MODEL_TYPES)
 
 # Per-block weights: transformers suffix -> ours. q/k/v are fused into one matrix (see `_fuse`).
 BLOCK_KEYS = {
@@ -103,7 +126,10 @@ def read_checkpoint(folder: Path) -> Checkpoint:
         )
     towers = MODEL_TYPES[model_type]
     try:
-        vision = TowerConfig.from_dict(config.get("vision_config", config)) if "vision" in towers else None
+        vision_dict = config.get("vision_config", config)
+        if model_type in NAFLEX_MODEL_TYPES and "vision" in towers:
+            vision_dict = naflex_vision_fields(vision_dict, folder / CONFIG)
+        vision = TowerConfig.from_dict(vision_dict) if "vision" in towers else None
         text = TowerConfig.from_dict(config.get("text_config", config)) if "text" in towers else None
     except TypeError as e:
         raise LoadError(f"{folder / CONFIG}: incomplete tower config ({e})") from e

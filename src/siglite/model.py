@@ -8,6 +8,7 @@ Every matrix multiply is a plain `nn.Linear`, so quantizers can find and replace
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -37,6 +38,10 @@ class TowerConfig:
     patch_size: int = 16
     num_channels: int = 3
     vision_use_head: bool = True
+    # NaFlex (SigLIP 2 "siglip2" checkpoints): pixels arrive pre-patchified as (B, N, p*p*C) channel-last patches
+    # with each image's (rows, cols) patch grid; the patch embedding is a Linear, the square position grid
+    # (image_size // patch_size per side) is resized to each image's grid, and padded patches are masked.
+    variable_resolution: bool = False
     # text only
     vocab_size: int = 32000
     max_position_embeddings: int = 64
@@ -99,6 +104,45 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+# -- NaFlex (variable resolution) helpers ------------------------------------------------------------------------
+
+
+def patch_mask(spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, 2) (rows, cols) patch grids -> (B, length) bool, True for an image's rows*cols patches (then padding).
+
+    The same mask transformers' Siglip2ImageProcessor returns as `pixel_attention_mask` (patches first, padding last).
+    """
+    positions = torch.arange(length, device=spatial_shapes.device)
+    return positions[None, :] < spatial_shapes.prod(-1)[:, None]
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+    """Resize a square (1, G*G, D) position grid to each image's (rows, cols) grid -> (B, length, D), row-major,
+    the padding positions taking position (0, 0) (any value would do: they are masked).
+
+    Equal to `F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)` per image,
+    written as the separable filter weights so that one batched matmul serves images of different shapes (and the
+    graph traces with `spatial_shapes` as an input). Port of transformers 5.24
+    `models/siglip2/modeling_siglip2.py` `Siglip2VisionEmbeddings.resize_positional_embeddings`, which computes the
+    same weights; fp32 as there, whatever the model's dtype.
+    """
+    G = math.isqrt(pos_embed.shape[1])
+    sizes = spatial_shapes.float()[:, None]  # (B, 1, 2) rows, cols
+    positions = torch.arange(length, device=spatial_shapes.device, dtype=torch.float32)[None, :, None]  # (1, T, 1)
+    rows = torch.div(positions, sizes[..., 1:], rounding_mode="floor")
+    index = torch.cat([rows, positions - rows * sizes[..., 1:]], dim=-1)  # (B, T, 2) row, col of each token
+    index = index * (positions < sizes.prod(-1, keepdim=True))  # padding -> (0, 0)
+    # Antialiased bilinear = a triangle filter stretched by the downscale factor (never narrower than 1 source pixel)
+    scale = G / sizes  # (B, 1, 2)
+    support = scale.clamp(min=1)
+    center = (index + 0.5) * scale - 0.5  # (B, T, 2) in source coordinates
+    source = torch.arange(G, device=spatial_shapes.device, dtype=torch.float32)
+    weights = (1 - (source - center[..., None]).abs() / support[..., None]).clamp(min=0)  # (B, T, 2, G)
+    weights = weights / weights.sum(-1, keepdim=True)
+    weights = (weights[..., 0, :, None] * weights[..., 1, None, :]).flatten(-2)  # (B, T, G*G) outer product
+    return (weights @ pos_embed[0].float()).to(pos_embed.dtype)  # (B, T, D)
+
+
 class AttentionPoolingHead(nn.Module):
     """Multihead attention pooling with one learned probe (SiglipMultiheadAttentionPoolingHead, big_vision MAPHead)."""
 
@@ -113,12 +157,13 @@ class AttentionPoolingHead(nn.Module):
         self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.mlp = MLP(D, cfg.intermediate_size, cfg.hidden_act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D), optional (B, 1, 1, T) bool key mask (True = attend) -> (B, D)."""
         B, T, D = x.shape
         H = self.heads
         q = self.q(self.probe).view(1, 1, H, D // H).transpose(1, 2).expand(B, -1, -1, -1)  # (B, H, 1, Dh)
         kv = self.kv(x).view(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, T, Dh)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, H, 1, Dh)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # (B, H, 1, Dh)
         y = self.proj(y.transpose(1, 2).reshape(B, 1, D))
         y = y + self.mlp(self.norm(y))
         return y[:, 0]  # (B, D)
@@ -129,20 +174,38 @@ class VisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.hidden_size
-        self.patch_embed = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size)
+        if cfg.variable_resolution:  # the processor already cut the image into (p, p, C) patches
+            self.patch_embed = nn.Linear(cfg.num_channels * cfg.patch_size**2, D)
+        else:
+            self.patch_embed = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches, D))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.head = AttentionPoolingHead(cfg) if cfg.vision_use_head else None
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 3, S, S) -> last_hidden_state (B, T, D), pooler_output (B, D) or None."""
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+    def embed(self, pixels: torch.Tensor, spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
+        """The tokens entering block 0 (transformers' hidden_states[0]): (B, 3, S, S) pixels, or with
+        `variable_resolution` (B, N, p*p*3) patches and their (B, 2) (rows, cols) grids -> (B, T, D)."""
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))
+        if self.cfg.variable_resolution:  # (B, N, D)
+            if spatial_shapes is None:
+                raise ValueError("a variable-resolution (NaFlex) vision tower needs spatial_shapes (B, 2)")
+            return x + resize_pos_embed(self.pos_embed, spatial_shapes, x.shape[1])
+        return x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, D, g, g) -> (B, T, D)
+
+    def forward(self, pixels: torch.Tensor, spatial_shapes: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, S, S) pixels, or with `variable_resolution` (B, N, p*p*3) patches + (B, 2) spatial_shapes
+        -> last_hidden_state (B, T, D), pooler_output (B, D) or None. Padded patches (beyond rows*cols) are masked
+        as keys in every block and in the pooling head; their own outputs are meaningless."""
+        x = self.embed(pixels, spatial_shapes)
+        mask = None
+        if self.cfg.variable_resolution:
+            mask = patch_mask(spatial_shapes, x.shape[1])[:, None, None, :]  # (B, 1, 1, T)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         x = self.norm(x)
-        return x, (self.head(x) if self.head is not None else None)
+        return x, (self.head(x, mask) if self.head is not None else None)
 
 
 class TextTower(nn.Module):

@@ -16,6 +16,7 @@ import torch
 from .engines.base import Engine
 from .errors import SigliteError
 from .model import sigmoid_logits
+from .preprocess import naflex
 from .preprocess.image import MAX_PIXELS_DEFAULT, ImageConfig, ImageInput, preprocess_batch
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class ImageBatch:
     """Result of `Model.encode_images`: rows for the inputs that decoded, and why the others did not."""
 
     features: np.ndarray  # (N_ok, D)
-    tokens: np.ndarray | None  # (N_ok, T, D) when asked for
+    tokens: np.ndarray | list[np.ndarray] | None  # (N_ok, T, D) when asked for; NaFlex: N_ok arrays (T_i, D)
     indices: list[int]  # input index of each row
     failures: list[tuple[int, str]] = field(default_factory=list)  # (input index, one-line reason)
 
@@ -40,7 +41,8 @@ class ImageBatch:
 class Model:
     """A SigLIP checkpoint ready to embed images and texts and to classify."""
 
-    def __init__(self, engine: Engine, image_config: ImageConfig | None, tokenizer: TextTokenizer | None,
+    def __init__(self, engine: Engine, image_config: ImageConfig | naflex.NaflexConfig | None,
+                 tokenizer: TextTokenizer | None,
                  *, name: str = "", folder: Path | None = None, config: dict | None = None):
         self.engine = engine
         self.image_config = image_config
@@ -69,39 +71,80 @@ class Model:
     # -- images ---------------------------------------------------------------------------------------------------
 
     def encode_images(self, images: Sequence[ImageInput], *, preprocess: str = "resize", tokens: bool = False,
-                      batch_size: int | None = None, on_error: str = "skip") -> ImageBatch:
-        """Embed images, keeping going past inputs that cannot be decoded when on_error="skip"."""
+                      batch_size: int | None = None, on_error: str = "skip",
+                      max_num_patches: int | None = None) -> ImageBatch:
+        """Embed images, keeping going past inputs that cannot be decoded when on_error="skip".
+
+        max_num_patches: NaFlex models only: the patch budget per image (default the checkpoint's, 256).
+        """
         if self.image_config is None:
             raise SigliteError(f"{self.name}: this checkpoint has no image preprocessing config (text-only model?)")
+        patches = isinstance(self.image_config, naflex.NaflexConfig)
+        if max_num_patches is not None and not patches:
+            raise SigliteError(f"{self.name}: max_num_patches applies to NaFlex (siglip2) models only")
+        if patches and preprocess != "resize":
+            raise SigliteError(f"{self.name}: NaFlex models keep the aspect ratio; preprocess={preprocess!r} does not "
+                               "apply (use 'resize')")
         images = _as_list(images)
         batch_size = batch_size or DEFAULT_BATCH
         feats, toks, indices, failures = [], [], [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            pixels, ok, failed = preprocess_batch(chunk, self.image_config, preprocess, on_error=on_error,
-                                                  max_pixels=self.max_pixels, background=self.background)
+            if patches:
+                pooled, hidden, ok, failed = self._encode_patches(chunk, tokens, on_error, max_num_patches)
+            else:
+                pixels, ok, failed = preprocess_batch(chunk, self.image_config, preprocess, on_error=on_error,
+                                                      max_pixels=self.max_pixels, background=self.background)
+                pooled, hidden = self.engine.encode_image(pixels, tokens=tokens) if ok else (None, None)
             failures += [(start + i, reason) for i, reason in failed]
             if not ok:
                 continue
-            pooled, hidden = self.engine.encode_image(pixels, tokens=tokens)
             indices += [start + i for i in ok]
             if pooled is not None:
                 feats.append(pooled)
             if hidden is not None:
                 toks.append(hidden)
+        if patches:
+            tokens_out = [t for batch in toks for t in batch] if tokens else None
+        else:
+            tokens_out = np.concatenate(toks) if toks else None
         return ImageBatch(
             features=np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
-            tokens=np.concatenate(toks) if toks else None,
+            tokens=tokens_out,
             indices=indices,
             failures=failures,
         )
 
+    def _encode_patches(self, chunk: list, tokens: bool, on_error: str, max_num_patches: int | None):
+        """NaFlex: one batch padded to its longest image (or to the engine's fixed length); tokens cut back to each
+        image's own rows*cols."""
+        budget = max_num_patches or self.image_config.max_num_patches
+        pad_to = getattr(self.engine, "num_patches", None)  # exported graphs run at one fixed patch budget
+        if pad_to is not None and budget > pad_to:
+            raise SigliteError(f"{self.name}: this engine was exported for max_num_patches={pad_to}; "
+                               f"{budget} does not fit")
+        batch, ok, failed = naflex.preprocess_batch(chunk, self.image_config, max_num_patches=budget, pad_to=pad_to,
+                                                    on_error=on_error, max_pixels=self.max_pixels,
+                                                    background=self.background)
+        if not ok:
+            return None, None, ok, failed
+        pooled, hidden = self.engine.encode_image(batch.patches, tokens=tokens, spatial_shapes=batch.spatial_shapes)
+        if hidden is not None:
+            hidden = [h[:n] for h, n in zip(hidden, batch.lengths)]
+        return pooled, hidden, ok, failed
+
     def image_features(self, images: Sequence[ImageInput] | ImageInput, *, preprocess: str = "resize",
-                       tokens: bool = False, batch_size: int | None = None) -> np.ndarray:
+                       tokens: bool = False, batch_size: int | None = None,
+                       max_num_patches: int | None = None) -> np.ndarray | list[np.ndarray]:
         """Pooled image embeddings (N, D) = the reference `pooler_output`; with tokens=True the (N, T, D)
-        `last_hidden_state`. Any undecodable input raises `ImageError` naming it (see `encode_images` to skip)."""
+        `last_hidden_state`. Any undecodable input raises `ImageError` naming it (see `encode_images` to skip).
+
+        NaFlex (siglip2) models keep each image's aspect ratio, so their token count varies: tokens=True returns a
+        list of N arrays (T_i, D), T_i = rows_i * cols_i patches in row-major order (padding removed), and
+        max_num_patches sets the patch budget per image (default the checkpoint's 256; the checkpoints were
+        evaluated at 256, 576, 784 and 1024)."""
         out = self.encode_images(images, preprocess=preprocess, tokens=tokens, batch_size=batch_size,
-                                 on_error="raise")
+                                 on_error="raise", max_num_patches=max_num_patches)
         return out.tokens if tokens else out.features
 
     # -- text -----------------------------------------------------------------------------------------------------
@@ -128,12 +171,12 @@ class Model:
 
     def classify(self, images: Sequence[ImageInput] | ImageInput, labels: Sequence[str], *,
                  template: str = DEFAULT_TEMPLATE, preprocess: str = "resize",
-                 batch_size: int | None = None) -> np.ndarray:
+                 batch_size: int | None = None, max_num_patches: int | None = None) -> np.ndarray:
         """Sigmoid probabilities (N, L): each label scored independently (SigLIP is not a softmax model)."""
         if not labels:
             raise SigliteError("classify needs at least one label")
         prompts = [template.format(label) for label in labels]
-        img = self.image_features(images, preprocess=preprocess, batch_size=batch_size)
+        img = self.image_features(images, preprocess=preprocess, batch_size=batch_size, max_num_patches=max_num_patches)
         return 1.0 / (1.0 + np.exp(-self.logits(img, self.text_features(prompts))))
 
 

@@ -40,10 +40,14 @@ class TorchEngine:
         return module
 
     @torch.inference_mode()
-    def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def encode_image(self, pixels: np.ndarray, tokens: bool = False, spatial_shapes: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
         vision = self._tower("vision")
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
-        hidden, pooled = vision(x)
+        shapes = None  # NaFlex: the (B, 2) patch grids of (B, N, p*p*3) patches
+        if spatial_shapes is not None:
+            shapes = torch.from_numpy(np.ascontiguousarray(spatial_shapes)).to(self.device)
+        hidden, pooled = vision(x, shapes)
         if pooled is None and not tokens:
             raise SigliteError("this checkpoint has no pooling head (vision_use_head is false); use tokens=True")
         return (_numpy(pooled) if pooled is not None else None), (_numpy(hidden) if tokens else None)
