@@ -50,6 +50,15 @@ def naflex_vision_fields(vision: dict, where: Path) -> dict:
     return {**vision, "image_size": grid * patch_size, "patch_size": patch_size, "variable_resolution": True}
 
 
+def naflex_weight_names(weights: dict[str, torch.Tensor], model_type: str) -> dict[str, torch.Tensor]:
+    """transformers 5's single-tower Siglip2VisionModel / Siglip2TextModel save their weights without the tower
+    prefix (`embeddings.patch_embedding.weight`, not `vision_model.embeddings...`); add it back."""
+    prefix = {"siglip2_vision_model": "vision_model.", "siglip2_text_model": "text_model."}.get(model_type)
+    if prefix is None or any(k.startswith(prefix) for k in weights):
+        return weights
+    return {prefix + k: v for k, v in weights.items()}
+
+
 MODEL_TYPES.update(NAFLEX_MODEL_TYPES)
 
 # Per-block weights: transformers suffix -> ours. q/k/v are fused into one matrix (see `_fuse`).
@@ -237,6 +246,7 @@ def build_model(ckpt: Checkpoint, hf_weights: dict[str, torch.Tensor]) -> Siglip
     expected = model.state_dict()
     # A vision- or text-only SigLIP checkpoint stores its tower under the same prefix as the full model.
     hf_weights = {k: v for k, v in hf_weights.items() if not k.endswith(IGNORED_SUFFIXES)}
+    hf_weights = naflex_weight_names(hf_weights, ckpt.config.get("model_type"))
     ours, used = convert_state_dict(hf_weights, ckpt)
     where = ckpt.folder
     unused = sorted(set(hf_weights) - used)

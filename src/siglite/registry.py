@@ -33,6 +33,8 @@ class Spec:
 
     def hf_config(self) -> dict:
         """A transformers-style config.json for this architecture (random-weight models at the real shape)."""
+        if self.vision.get("variable_resolution"):
+            return self._naflex_hf_config()
         return {
             "model_type": "siglip",
             "architectures": ["SiglipModel"],
@@ -42,6 +44,8 @@ class Spec:
 
     def hf_preprocessor_config(self) -> dict:
         img = self.image
+        if "max_num_patches" in img:
+            return self._naflex_hf_preprocessor_config()
         return {
             "image_processor_type": "SiglipImageProcessor",
             "processor_class": "SiglipProcessor",
@@ -50,6 +54,33 @@ class Spec:
             "resample": img["resample"],
             "image_mean": img["image_mean"], "image_std": img["image_std"],
             "size": {"height": img["height"], "width": img["width"]},
+        }
+
+
+    # -- SigLIP 2 NaFlex: transformers' Siglip2Model / Siglip2ImageProcessor layout ------------------------------------
+    # Our vision fields keep the square position grid as image_size = grid * patch_size (see
+    # checkpoints' naflex_vision_fields); transformers stores it as num_patches = grid**2.
+
+    def _naflex_hf_config(self) -> dict:
+        vision = {k: v for k, v in self.vision.items() if k not in ("image_size", "variable_resolution")}
+        vision["num_patches"] = (self.vision["image_size"] // self.vision["patch_size"]) ** 2
+        return {
+            "model_type": "siglip2",
+            "architectures": ["Siglip2Model"],
+            "vision_config": {"model_type": "siglip2_vision_model", **vision},
+            "text_config": {"model_type": "siglip2_text_model", **self.text},
+        }
+
+    def _naflex_hf_preprocessor_config(self) -> dict:
+        img = self.image
+        return {
+            "image_processor_type": "Siglip2ImageProcessor",
+            "processor_class": "Siglip2Processor",
+            "do_resize": True, "do_rescale": True, "do_normalize": True,
+            "rescale_factor": 1 / 255,
+            "resample": img["resample"],
+            "image_mean": img["image_mean"], "image_std": img["image_std"],
+            "patch_size": img["patch_size"], "max_num_patches": img["max_num_patches"],
         }
 
 

@@ -59,6 +59,16 @@ def save_checkpoint(model: Siglip, folder: str | Path, spec: Spec | None = None,
     if model.text is None:  # a vision-only config is flat, as SiglipVisionConfig saves it
         config = {**config, **config.pop("vision_config")}
         config["model_type"] = "siglip_vision_model"
+    if model.vision is not None and model.vision.cfg.variable_resolution:  # NaFlex: transformers' Siglip2 layout
+        vision = config.get("vision_config", config)
+        vision["num_patches"] = model.vision.cfg.num_patches
+        for key in ("image_size", "variable_resolution"):
+            vision.pop(key)
+        config["model_type"] = "siglip2" if model.text is not None else "siglip2_vision_model"
+        config["architectures"] = ["Siglip2Model"]
+        if "vision_config" in config:
+            vision["model_type"] = "siglip2_vision_model"
+            config["text_config"]["model_type"] = "siglip2_text_model"
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     save_file(to_hf_state_dict(model), folder / "model.safetensors")
     if image_config is None and spec is not None:

@@ -187,7 +187,7 @@ def preprocess(image: np.ndarray, cfg: NaflexConfig, max_num_patches: int | None
     """
     rgb = _check_rgb(image)
     p = cfg.patch_size
-    budget = _check_budget(max_num_patches or cfg.max_num_patches)
+    budget = _check_budget(cfg.max_num_patches if max_num_patches is None else max_num_patches)
     if cfg.do_resize:
         height, width = target_size(rgb.shape[0], rgb.shape[1], p, budget)
         rgb = np.asarray(PIL.Image.fromarray(rgb, mode="RGB").resize((width, height), resample=cfg.resample))
