@@ -225,3 +225,42 @@ def test_specs_listed():
     for name in ("siglip2-base-patch16-naflex", "siglip2-so400m-patch16-naflex"):
         spec = names[name]
         assert spec.vision_config.variable_resolution and spec.vision_config.num_patches == 256
+
+
+# -- tasks: embed and eval on a NaFlex model ------------------------------------------------------------------------
+
+
+def test_embed_folder(model, images, tmp_path):
+    from test_embed import read_output
+
+    from siglite.tasks.embed import embed
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(src / f"{i}.png")
+        img.save(paths[-1])
+    (src / "broken.png").write_bytes(b"not a png")
+    record = embed(model, src, tmp_path / "out", shard_size=3, batch_size=2, workers=1, progress=False)
+    assert record["embedded"] == len(images) and record["errors"] == 1
+    emb, meta, errors, manifest = read_output(tmp_path / "out")
+    assert meta["image_path"] == [str(p) for p in paths] and len(errors) == 1
+    assert [(w, h) for w, h in zip(meta["width"], meta["height"])] == [img.size for img in images]
+    # different batching (padding) than image_features: equal up to float summation order
+    _maxdiff("embed vs image_features", emb, model.image_features(paths), 1e-5)
+    assert manifest["preprocess"]["image"]["max_num_patches"] == 64
+    with pytest.raises(SigliteError, match="NaFlex"):
+        embed(model, src, tmp_path / "out_tokens", tokens=True, progress=False)
+
+
+def test_cli_eval_zeroshot(folder, tmp_path, capsys):
+    from test_evaluate import _write_cifar
+
+    from siglite.cli.main import main
+
+    _write_cifar(tmp_path / "cifar", n=12)
+    assert main(["eval", "zeroshot", "--model", str(folder), "--device", "cpu", "--data", str(tmp_path / "cifar"),
+                 "--format", "json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["n"] == 12 and rec["n_failed"] == 0 and 0.0 <= rec["acc1"] <= rec["acc5"] <= 1.0
