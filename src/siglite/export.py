@@ -9,6 +9,8 @@ settings, text length, logit scale and bias, dimensions, source model and precis
 Graphs (dynamic batch, float32 in and out):
 
 * vision: ``pixel_values`` (N, 3, H, W) -> ``last_hidden_state`` (N, T, D), ``pooler_output`` (N, D);
+* vision, NaFlex (variable-resolution) models: ``pixel_values`` (N, P, p*p*3) patches at the fixed patch budget P
+  chosen at export, ``spatial_shapes`` (N, 2) int64 -> the same outputs (P tokens; those past rows*cols are padding);
 * text: ``input_ids`` (N, L) int64, ``attention_mask`` (N, L) int64 -> ``pooler_output`` (N, P). The mask is
   always an input; engines feed ones when the tokenizer returns none (the same function: no key is masked).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -38,8 +41,9 @@ FORMATS = {"onnx": {"engine": "onnxruntime", "suffix": ".onnx"},
            "openvino": {"engine": "openvino", "suffix": ".xml"}}
 TOWERS = ("vision", "text")
 INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
+NAFLEX_VISION_INPUTS = ["pixel_values", "spatial_shapes"]
 # Files copied from the source checkpoint, so the folder loads like one (config, preprocessing, tokenizer).
-ASSETS = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
           "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model")
 EXTERNAL_DATA_BYTES = 1_500_000_000
 log = logging.getLogger(__name__)  # protobuf stops at 2 GiB: larger graphs keep weights in a .data file
@@ -164,8 +168,8 @@ def _graph_modules():
             super().__init__()
             self.tower = tower
 
-        def forward(self, pixel_values):
-            hidden, pooled = self.tower(pixel_values)
+        def forward(self, pixel_values, spatial_shapes=None):  # spatial_shapes: NaFlex towers only
+            hidden, pooled = self.tower(pixel_values, spatial_shapes)
             return (hidden, pooled) if pooled is not None else (hidden,)
 
     class TextGraph(nn.Module):
@@ -188,8 +192,10 @@ def _graph_modules():
     return torch, VisionGraph, TextGraph
 
 
-def export_onnx_graphs(model, out: Path, *, opset: int = OPSET) -> dict:
+def export_onnx_graphs(model, out: Path, *, opset: int = OPSET, num_patches: int | None = None) -> dict:
     """Write ``vision.onnx`` and/or ``text.onnx`` for the towers `model` (a `Siglip`) has.
+
+    num_patches: the fixed patch budget of a NaFlex vision graph (required for those, ignored otherwise).
 
     Returns:
         ``{"files": ..., "inputs": ..., "outputs": ...}`` for the sidecar.
@@ -203,9 +209,16 @@ def export_onnx_graphs(model, out: Path, *, opset: int = OPSET) -> dict:
         cfg = model.vision.cfg
         pixels = torch.zeros(2, cfg.num_channels, cfg.image_size, cfg.image_size)
         outputs = ["last_hidden_state"] + (["pooler_output"] if model.vision.head is not None else [])
-        _export(torch, VisionGraph(model.vision), (pixels,), INPUTS["vision"], outputs, out / "vision.onnx", opset,
-                ({0: batch},))
-        graphs["files"]["vision"], graphs["inputs"]["vision"] = "vision.onnx", INPUTS["vision"]
+        args, names, dynamic = (pixels,), INPUTS["vision"], ({0: batch},)
+        if cfg.variable_resolution:  # NaFlex: patches at one fixed budget, each image's grid as an input
+            if not num_patches:
+                raise SigliteError("exporting a NaFlex vision tower needs a fixed patch budget (num_patches)")
+            patches = torch.zeros(2, num_patches, cfg.num_channels * cfg.patch_size**2)
+            side = math.isqrt(num_patches)
+            shapes = torch.tensor([[side, num_patches // side], [1, 1]], dtype=torch.int64)
+            args, names, dynamic = (patches, shapes), NAFLEX_VISION_INPUTS, ({0: batch}, {0: batch})
+        _export(torch, VisionGraph(model.vision), args, names, outputs, out / "vision.onnx", opset, dynamic)
+        graphs["files"]["vision"], graphs["inputs"]["vision"] = "vision.onnx", names
         graphs["outputs"]["vision"] = outputs
     if model.text is not None:
         L = model.text.cfg.max_position_embeddings
@@ -278,17 +291,18 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     import torch
 
     from . import __version__
-    from .loading import PREPROCESSOR, read_json
-    from .preprocess.image import ImageConfig
+    from .preprocess.naflex import load_image_config
     from .preprocess.text import load_tokenizer
 
     image = tokenizer = text_length = None
     dims: dict = {}
     if model.vision is not None:
         cfg = model.vision.cfg
-        image = ImageConfig.from_hf(read_json(source_folder / PREPROCESSOR)).to_dict()
+        image = load_image_config(source_folder).to_dict()
         dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_patches, image_size=cfg.image_size,
                     patch_size=cfg.patch_size)
+        if cfg.variable_resolution:  # NaFlex: the vision graph's fixed patch budget
+            dims["vision_tokens"] = dims["num_patches"] = graphs.get("num_patches")
     if model.text is not None:
         cfg = model.text.cfg
         text_length = cfg.max_position_embeddings
@@ -306,7 +320,7 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
 
 
 def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: str | None = None,
-           allow_pickle: bool = False, opset: int = OPSET) -> Sidecar:
+           allow_pickle: bool = False, opset: int = OPSET, max_num_patches: int | None = None) -> Sidecar:
     """Export a checkpoint's towers to `out` as ONNX or OpenVINO, with the sidecar and the checkpoint's assets.
 
     Args:
@@ -316,6 +330,8 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: s
         revision: hub revision for hub ids.
         allow_pickle: accept a pickle checkpoint.
         opset: ONNX opset (>= 20 for the fused Gelu).
+        max_num_patches: NaFlex models: the fixed patch budget of the vision graph (default: the checkpoint's
+            image processor's, 256 for the hub checkpoints).
 
     Returns:
         The written `Sidecar`; then ``siglite.load(out, engine=sidecar.engine)`` serves the folder.
@@ -326,13 +342,29 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: s
         raise SigliteError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source = resolve(model, revision=revision)
     _, net = load_model(source, allow_pickle=allow_pickle)
+    num_patches = naflex_patch_budget(net, source, max_num_patches)
     out = prepare_folder(out, source)
-    graphs = export_onnx_graphs(net, out, opset=opset)
+    graphs = export_onnx_graphs(net, out, opset=opset, num_patches=num_patches)
+    graphs["num_patches"] = num_patches
     if fmt == "openvino":
         graphs["files"] = onnx_to_openvino(out, graphs["files"])
     sidecar = build_sidecar(net, source, graphs, fmt=fmt, precision="float32", source=str(model), opset=opset)
     sidecar.save(out)
     return sidecar
+
+
+def naflex_patch_budget(model, source: Path, max_num_patches: int | None) -> int | None:
+    """The fixed patch budget to export a NaFlex vision tower at (None for fixed-resolution models)."""
+    if model.vision is None or not model.vision.cfg.variable_resolution:
+        if max_num_patches is not None:
+            raise SigliteError("max_num_patches applies to NaFlex (siglip2) models only")
+        return None
+    from .preprocess.naflex import load_image_config
+
+    budget = max_num_patches if max_num_patches is not None else load_image_config(source).max_num_patches
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise SigliteError(f"max_num_patches must be a positive int, got {budget!r}")
+    return budget
 
 
 def prepare_folder(out: str | Path, source: Path) -> Path:
@@ -368,6 +400,8 @@ class GraphEngine:
         self.logit_scale = self.sidecar.logit_scale
         self.logit_bias = self.sidecar.logit_bias
         self.graphs = {tower: self._load(self.folder / name) for tower, name in self.sidecar.files.items()}
+        # NaFlex: the vision graph's fixed patch budget; the pipeline pads every batch to it
+        self.num_patches = self.sidecar.dims.get("num_patches")
 
     def _load(self, path: Path):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -379,14 +413,17 @@ class GraphEngine:
         if tower not in self.graphs:
             raise SigliteError(f"{self.folder}: this export has no {tower} tower")
 
-    def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def encode_image(self, pixels: np.ndarray, tokens: bool = False, spatial_shapes: np.ndarray | None = None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         self._tower("vision")
         has_pooled = "pooler_output" in self.sidecar.outputs["vision"]
         if not has_pooled and not tokens:
             raise SigliteError("this checkpoint has no pooling head (vision_use_head is false); use tokens=True")
         wanted = (["pooler_output"] if has_pooled else []) + (["last_hidden_state"] if tokens else [])
-        got = dict(zip(wanted, self._run("vision", {"pixel_values": np.ascontiguousarray(pixels, np.float32)},
-                                         wanted)))
+        feeds = {"pixel_values": np.ascontiguousarray(pixels, np.float32)}
+        if spatial_shapes is not None:  # NaFlex graphs
+            feeds["spatial_shapes"] = np.ascontiguousarray(spatial_shapes, np.int64)
+        got = dict(zip(wanted, self._run("vision", feeds, wanted)))
         return got.get("pooler_output"), got.get("last_hidden_state")
 
     def encode_text(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

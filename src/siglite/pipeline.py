@@ -118,10 +118,10 @@ class Model:
     def _encode_patches(self, chunk: list, tokens: bool, on_error: str, max_num_patches: int | None):
         """NaFlex: one batch padded to its longest image (or to the engine's fixed length); tokens cut back to each
         image's own rows*cols."""
-        budget = self.image_config.max_num_patches if max_num_patches is None else max_num_patches
+        pad_to = getattr(self.engine, "num_patches", None)  # exported graphs run at one fixed patch budget
+        budget = max_num_patches if max_num_patches is not None else pad_to or self.image_config.max_num_patches
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise SigliteError(f"max_num_patches must be a positive int, got {budget!r}")
-        pad_to = getattr(self.engine, "num_patches", None)  # exported graphs run at one fixed patch budget
         if pad_to is not None and budget > pad_to:
             raise SigliteError(f"{self.name}: this engine was exported for max_num_patches={pad_to}; "
                                f"{budget} does not fit")
