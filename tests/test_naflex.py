@@ -289,3 +289,30 @@ def test_onnx_export_fixed_budget(folder, model, images, tmp_path):
     _maxdiff("onnx text", served.text_features(TEXTS), model.text_features(TEXTS), ATOL)
     with pytest.raises(SigliteError, match="144"):
         served.image_features(images, max_num_patches=256)
+
+
+def test_random_model_roundtrip_through_transformers(tmp_path, images):
+    """testing.random_model + save_checkpoint write transformers' Siglip2 layout for a NaFlex spec."""
+    from transformers import Siglip2Model
+
+    from siglite.registry import Spec
+    from siglite.testing import random_model, save_checkpoint
+
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    spec = Spec(name="tiny-naflex", hub_id="x/tiny-naflex",
+                vision={**tower, "image_size": 24, "patch_size": 4, "variable_resolution": True},
+                text={**tower, "vocab_size": 100, "max_position_embeddings": 8}, tokenizer="tokenizers",
+                image={"patch_size": 4, "max_num_patches": 36, "resample": 2, "image_mean": [0.5] * 3,
+                       "image_std": [0.5] * 3})
+    ours = random_model(spec)
+    folder = save_checkpoint(ours, tmp_path / "ckpt", spec)
+    assert json.loads((folder / "config.json").read_text())["vision_config"]["num_patches"] == 36
+    cfg = naflex.load_image_config(folder)
+    assert (cfg.patch_size, cfg.max_num_patches) == (4, 36)
+    ref = Siglip2Model.from_pretrained(folder).eval()
+    batch, _, _ = naflex.preprocess_batch(images, cfg, pad_to=36)
+    x, shapes = torch.from_numpy(batch.patches), torch.from_numpy(batch.spatial_shapes)
+    with torch.no_grad():
+        expected = ref.get_image_features(pixel_values=x, pixel_attention_mask=torch.from_numpy(batch.mask),
+                                          spatial_shapes=shapes).pooler_output
+        _maxdiff("random_model vs transformers", ours.vision(x, shapes)[1], expected, ATOL)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 DEFAULT_TEMPLATE = "This is a photo of {}."
 DEFAULT_BATCH = 32
 TOWER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                "patch_size", "vocab_size", "max_position_embeddings", "projection_size")
+                "patch_size", "vocab_size", "max_position_embeddings", "projection_size", "num_patches")
 
 
 @dataclass

@@ -32,6 +32,11 @@ def run(args):
     else:
         out = model.image_features(args.images, preprocess=args.preprocess, tokens=args.tokens,
                                    batch_size=args.batch_size)
+    if isinstance(out, list):  # NaFlex tokens: (T_i, D) per image, T_i varying
+        if len({t.shape for t in out}) > 1:
+            raise ValueError("NaFlex token counts differ per image (native aspect ratio); encode them one image at "
+                             "a time or use Model.image_features(tokens=True) in Python")
+        out = np.stack(out)
     if args.normalize and not args.tokens:
         out = out / np.linalg.norm(out, axis=-1, keepdims=True)
     np.save(args.out, out)
