@@ -316,3 +316,27 @@ def test_random_model_roundtrip_through_transformers(tmp_path, images):
         expected = ref.get_image_features(pixel_values=x, pixel_attention_mask=torch.from_numpy(batch.mask),
                                           spatial_shapes=shapes).pooler_output
         _maxdiff("random_model vs transformers", ours.vision(x, shapes)[1], expected, ATOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["siglip2-base-patch16-naflex", "siglip2-so400m-patch16-naflex"])
+def test_real_shape_vision_parity(name, tmp_path, images):
+    """Random weights at the hub checkpoints' vision shape (2 blocks), budgets 256 and 1024, vs Siglip2VisionModel."""
+    from transformers import Siglip2VisionModel
+
+    from siglite.registry import get_spec
+    from siglite.testing import random_model, save_checkpoint
+
+    spec = get_spec(name)
+    ours = random_model(spec, vision_layers=2, text=False)
+    folder = save_checkpoint(ours, tmp_path / "ckpt", spec)
+    ref = Siglip2VisionModel.from_pretrained(folder).eval()
+    model = siglite.load(folder, device="cpu")
+    assert model.image_config.max_num_patches == 256 and model.image_config.patch_size == 16
+    for budget in (256, 1024):
+        batch, _, _ = naflex.preprocess_batch(images, model.image_config, max_num_patches=budget, pad_to=budget)
+        with torch.no_grad():
+            expected = ref(pixel_values=torch.from_numpy(batch.patches), spatial_shapes=torch.from_numpy(
+                batch.spatial_shapes), pixel_attention_mask=torch.from_numpy(batch.mask)).pooler_output
+        _maxdiff(f"{name} budget {budget} pooler_output", model.image_features(images, max_num_patches=budget),
+                 expected, ATOL)

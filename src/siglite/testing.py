@@ -60,15 +60,17 @@ def save_checkpoint(model: Siglip, folder: str | Path, spec: Spec | None = None,
         config = {**config, **config.pop("vision_config")}
         config["model_type"] = "siglip_vision_model"
     if model.vision is not None and model.vision.cfg.variable_resolution:  # NaFlex: transformers' Siglip2 layout
-        vision = config.get("vision_config", config)
+        if model.text is not None:
+            vision = config["vision_config"]
+            vision["model_type"], config["text_config"]["model_type"] = "siglip2_vision_model", "siglip2_text_model"
+            config["model_type"], config["architectures"] = "siglip2", ["Siglip2Model"]
+        else:  # flat (the unpacking above leaves a copy of the nested dict behind: drop it)
+            vision = config
+            vision.pop("vision_config", None)
+            config["model_type"], config["architectures"] = "siglip2_vision_model", ["Siglip2VisionModel"]
         vision["num_patches"] = model.vision.cfg.num_patches
         for key in ("image_size", "variable_resolution"):
             vision.pop(key)
-        config["model_type"] = "siglip2" if model.text is not None else "siglip2_vision_model"
-        config["architectures"] = ["Siglip2Model"]
-        if "vision_config" in config:
-            vision["model_type"] = "siglip2_vision_model"
-            config["text_config"]["model_type"] = "siglip2_text_model"
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     save_file(to_hf_state_dict(model), folder / "model.safetensors")
     if image_config is None and spec is not None:
