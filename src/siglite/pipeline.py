@@ -42,8 +42,8 @@ class Model:
     """A SigLIP checkpoint ready to embed images and texts and to classify."""
 
     def __init__(self, engine: Engine, image_config: ImageConfig | naflex.NaflexConfig | None,
-                 tokenizer: TextTokenizer | None,
-                 *, name: str = "", folder: Path | None = None, config: dict | None = None):
+                 tokenizer: TextTokenizer | None, *, name: str = "", folder: Path | None = None,
+                 config: dict | None = None):
         self.engine = engine
         self.image_config = image_config
         self.tokenizer = tokenizer
