@@ -270,23 +270,24 @@ def test_cli_eval_zeroshot(folder, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_onnx_export_fixed_budget(folder, model, images, tmp_path):
-    """ONNX at a fixed patch budget (144, above the processor's 64): smaller budgets are padded up to it."""
-    pytest.importorskip("onnxruntime", reason="the onnxruntime engine is an optional extra")
+@pytest.mark.parametrize("fmt,runtime", [("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_export_fixed_budget(fmt, runtime, folder, model, images, tmp_path):
+    """ONNX / OpenVINO at a fixed patch budget (144, above the processor's 64): smaller budgets are padded to it."""
+    pytest.importorskip(runtime, reason=f"the {runtime} engine is an optional extra")
     from siglite.export import export
 
-    sidecar = export(folder, tmp_path / "onnx", "onnx", max_num_patches=144)
+    sidecar = export(folder, tmp_path / fmt, fmt, max_num_patches=144)
     assert sidecar.inputs["vision"] == ["pixel_values", "spatial_shapes"] and sidecar.dims["num_patches"] == 144
     assert sidecar.image["kind"] == "naflex"
-    served = siglite.load(tmp_path / "onnx", device="cpu")
-    assert served.engine.name == "onnxruntime" and served.engine.num_patches == 144
+    served = siglite.load(tmp_path / fmt, device="cpu")
+    assert served.engine.name == runtime and served.engine.num_patches == 144
     for budget in (16, 144):
-        _maxdiff(f"onnx budget {budget} pooler_output", served.image_features(images, max_num_patches=budget),
+        _maxdiff(f"{fmt} budget {budget} pooler_output", served.image_features(images, max_num_patches=budget),
                  model.image_features(images, max_num_patches=budget), ATOL)
     tokens = served.image_features(images, tokens=True)  # default: the export's budget
-    _maxdiff("onnx last_hidden_state", np.concatenate(tokens),
+    _maxdiff(f"{fmt} last_hidden_state", np.concatenate(tokens),
              np.concatenate(model.image_features(images, tokens=True, max_num_patches=144)), ATOL)
-    _maxdiff("onnx text", served.text_features(TEXTS), model.text_features(TEXTS), ATOL)
+    _maxdiff(f"{fmt} text", served.text_features(TEXTS), model.text_features(TEXTS), ATOL)
     with pytest.raises(SigliteError, match="144"):
         served.image_features(images, max_num_patches=256)
 
