@@ -43,8 +43,9 @@ TOWERS = ("vision", "text")
 INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
 NAFLEX_VISION_INPUTS = ["pixel_values", "spatial_shapes"]
 # Files copied from the source checkpoint, so the folder loads like one (config, preprocessing, tokenizer).
-ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
-          "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model")
+ASSETS = ("config.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+          "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model",
+          "processor_config.json")  # transformers 5's Siglip2Processor.save_pretrained (NaFlex image processor)
 EXTERNAL_DATA_BYTES = 1_500_000_000
 log = logging.getLogger(__name__)  # protobuf stops at 2 GiB: larger graphs keep weights in a .data file
 
