@@ -153,6 +153,13 @@ def test_padding_does_not_change_results(model, images):
              np.concatenate(toks_alone), 1e-5)
 
 
+def test_encode_images_skips_bad_inputs(model, images):
+    out = model.encode_images([images[0], b"not an image", images[3]], tokens=True, batch_size=2)
+    assert out.indices == [0, 2] and [i for i, _ in out.failures] == [1] and "bytes" in out.failures[0][1]
+    assert out.features.shape == (2, 32) and [t.shape[0] for t in out.tokens] == [63, 63]
+    _maxdiff("skip vs direct", out.features, model.image_features([images[0], images[3]]), 1e-5)
+
+
 def test_text_parity(model, reference):
     ref_model, processor = reference
     inputs = processor(text=TEXTS, return_tensors="pt")  # Siglip2Tokenizer (lowercasing), padding to 64
