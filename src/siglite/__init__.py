@@ -58,10 +58,10 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
     """
     from .artifact import engine_format, is_exported, read_sidecar
     from .checkpoints import read_checkpoint, resolve
-    from .checkpoints.layout import load_text_tokenizer, read_image_processor
+    from .checkpoints.layout import load_text_tokenizer
     from .engines.base import check_device, engine_module
     from .pipeline import Model
-    from .preprocess.image import ImageConfig
+    from .preprocess.naflex import load_image_config
 
     folder = resolve(name_or_path, revision=revision)
     exported = is_exported(folder)
@@ -70,7 +70,8 @@ def load(name_or_path: str | os.PathLike, engine: str | None = None, device: str
     ckpt = read_checkpoint(folder)
     from .heads import is_classifier
 
-    image_config = ImageConfig.from_hf(read_image_processor(folder)) if ckpt.vision is not None else None
+    # SiglipImageProcessor / CLIPImageProcessor -> ImageConfig; Siglip2ImageProcessor (NaFlex) -> NaflexConfig
+    image_config = load_image_config(folder) if ckpt.vision is not None else None
     # a fine-tuned classifier (SiglipForImageClassification) keeps SiglipConfig's text_config but no text tower
     has_text = ckpt.text is not None and not is_classifier(ckpt.config)
     tokenizer = load_text_tokenizer(folder, ckpt.text.max_position_embeddings) if has_text else None

@@ -73,6 +73,10 @@ class VisionConfig(TowerConfig):
     pooling: str = field(default="map", metadata=ARCH)  # one of VISION_POOLING
     projection: bool = field(default=False, metadata=ARCH)  # a Linear after pooling (CLIP visual_projection)
     projection_bias: bool = field(default=False, metadata=ARCH)
+    # NaFlex (SigLIP 2 "siglip2" checkpoints): pixels arrive pre-patchified as (B, N, p*p*C) channel-last patches
+    # with each image's (rows, cols) patch grid; the patch embedding is a Linear, the square position grid
+    # (image_size // patch_size per side) is resized to each image's grid, and padded patches are masked.
+    variable_resolution: bool = field(default=False, metadata=ARCH)
 
     def __post_init__(self):
         if self.pooling not in VISION_POOLING:

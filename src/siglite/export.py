@@ -4,11 +4,14 @@ An exported folder holds one graph per tower, the source checkpoint's config, pr
 the ``siglite.json`` sidecar (`siglite.artifact`). The graphs' inputs and outputs are described in
 `siglite.engines.graph`, which serves them. Nothing here runs unless asked: `export` (``siglite export``),
 `siglite.tasks.quantize`, or `siglite.load` given a graph engine for a plain checkpoint (`exported_folder`).
+NaFlex (variable-resolution) vision graphs take ``pixel_values`` (N, P, p*p*3) patches at the fixed patch
+budget P chosen at export and ``spatial_shapes`` (N, 2) int64 (P tokens out; those past rows*cols are padding).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -19,9 +22,11 @@ from .errors import SigliteError
 # Opset 20 is the first with a `Gelu` op: one fused kernel where opset 18 spells tanh-GELU as 8 elementwise ops
 # (about a tenth of the INT8 vision tower's time on CPU, measured with ONNX Runtime 1.31).
 OPSET = 20
+NAFLEX_VISION_INPUTS = ["pixel_values", "spatial_shapes"]
 # Files copied from the source checkpoint, so the folder loads like one (config, preprocessing, tokenizer).
-ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
-          "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "merges.txt")
+ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json",
+          "special_tokens_map.json", "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model",
+          "vocab.json", "merges.txt")
 EXTERNAL_DATA_BYTES = 1_500_000_000
 log = logging.getLogger(__name__)  # protobuf stops at 2 GiB: larger graphs keep weights in a .data file
 
@@ -57,8 +62,8 @@ def _graph_modules():
             super().__init__()
             self.tower = tower
 
-        def forward(self, pixel_values):
-            hidden, pooled = self.tower(pixel_values)
+        def forward(self, pixel_values, spatial_shapes=None):  # spatial_shapes: NaFlex towers only
+            hidden, pooled = self.tower(pixel_values, spatial_shapes)
             return (hidden, pooled) if pooled is not None else (hidden,)
 
     class ClassifierGraph(nn.Module):
@@ -86,8 +91,10 @@ def _graph_modules():
     return torch, VisionGraph, TextGraph, ClassifierGraph
 
 
-def export_onnx_graphs(model, out: Path, *, opset: int = OPSET) -> dict:
+def export_onnx_graphs(model, out: Path, *, opset: int = OPSET, num_patches: int | None = None) -> dict:
     """Write ``vision.onnx`` and/or ``text.onnx`` for the towers `model` (a `Siglip`) has.
+
+    num_patches: the fixed patch budget of a NaFlex vision graph (required for those, ignored otherwise).
 
     Returns:
         ``{"files": ..., "inputs": ..., "outputs": ...}`` for the sidecar.
@@ -105,8 +112,18 @@ def export_onnx_graphs(model, out: Path, *, opset: int = OPSET) -> dict:
         else:
             module = VisionGraph(model.vision)
             outputs = ["last_hidden_state"] + (["pooler_output"] if model.vision.head is not None else [])
-        _export(torch, module, (pixels,), INPUTS["vision"], outputs, out / "vision.onnx", opset, ({0: batch},))
-        graphs["files"]["vision"], graphs["inputs"]["vision"] = "vision.onnx", INPUTS["vision"]
+        args, names, dynamic = (pixels,), INPUTS["vision"], ({0: batch},)
+        if cfg.variable_resolution:  # NaFlex: patches at one fixed budget, each image's grid as an input
+            if not num_patches:
+                raise SigliteError("exporting a NaFlex vision tower needs a fixed patch budget (num_patches)")
+            patches = torch.zeros(2, num_patches, cfg.num_channels * cfg.patch_size**2)
+            side = math.isqrt(num_patches)
+            shapes = torch.tensor([[side, num_patches // side], [1, 1]], dtype=torch.int64)
+            args, names, dynamic = (patches, shapes), NAFLEX_VISION_INPUTS, ({0: batch}, {0: batch})
+        _export(torch, module, args, names, outputs, out / "vision.onnx", opset, dynamic)
+        graphs["files"]["vision"], graphs["inputs"]["vision"] = "vision.onnx", names
+        if cfg.variable_resolution:
+            graphs["num_patches"] = num_patches
         graphs["outputs"]["vision"] = outputs
     if model.text is not None:
         L = model.text.cfg.max_position_embeddings
@@ -179,17 +196,19 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
     import torch
 
     from . import __version__
-    from .checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
-    from .preprocess.image import ImageConfig
+    from .checkpoints.layout import load_text_tokenizer as load_tokenizer
+    from .preprocess.naflex import load_image_config
 
     image = tokenizer = text_length = None
     dims: dict = {}
     vision_layer, post_norm = None, False
     if model.vision is not None:
         cfg = model.vision.cfg
-        image = ImageConfig.from_hf(read_image_processor(source_folder)).to_dict()
+        image = load_image_config(source_folder).to_dict()
         dims.update(vision_hidden=cfg.hidden_size, vision_tokens=cfg.num_tokens, image_size=cfg.image_size,
                     patch_size=cfg.patch_size)
+        if cfg.variable_resolution:  # NaFlex: the vision graph's fixed patch budget
+            dims["vision_tokens"] = dims["num_patches"] = graphs.get("num_patches")
         if is_cut(model.vision):
             vision_layer, post_norm = list(model.vision.taps), model.vision.post_norm
             dims.update(vision_depth=model.vision.source_depth, vision_blocks=len(model.vision.blocks),
@@ -214,7 +233,7 @@ def build_sidecar(model, source_folder: Path, graphs: dict, *, fmt: str, precisi
 
 def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: str | None = None,
            allow_pickle: bool = False, opset: int = OPSET, layer: int | list[int] | None = None,
-           post_norm: bool = False) -> Sidecar:
+           post_norm: bool = False, max_num_patches: int | None = None) -> Sidecar:
     """Export a checkpoint's towers to `out` as ONNX or OpenVINO, with the sidecar and the checkpoint's assets.
 
     Args:
@@ -228,6 +247,8 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: s
             `VisionTower.forward_intermediates`): the graph holds only the blocks up to the deepest, outputs those
             tokens as ``last_hidden_state`` and has no pooled output. The sidecar records the cut.
         post_norm: apply the final LayerNorm to the cut layers.
+        max_num_patches: NaFlex models: the fixed patch budget of the vision graph (default: the checkpoint's
+            image processor's, 256 for the hub checkpoints).
 
     Returns:
         The written `Sidecar`; then ``siglite.load(out, engine=sidecar.engine)`` serves the folder.
@@ -239,13 +260,29 @@ def export(model: str | Path, out: str | Path, fmt: str = "onnx", *, revision: s
         raise SigliteError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source = resolve(model, revision=revision)
     net = cut_model(load_network(source, allow_pickle=allow_pickle), layer, post_norm)
+    num_patches = naflex_patch_budget(net, source, max_num_patches)
     out = prepare_folder(out, source)
-    graphs = export_onnx_graphs(net, out, opset=opset)
+    graphs = export_onnx_graphs(net, out, opset=opset, num_patches=num_patches)
+    graphs["num_patches"] = num_patches
     if fmt == "openvino":
         graphs["files"] = onnx_to_openvino(out, graphs["files"])
     sidecar = build_sidecar(net, source, graphs, fmt=fmt, precision="float32", source=str(model), opset=opset)
     sidecar.save(out)
     return sidecar
+
+
+def naflex_patch_budget(model, source: Path, max_num_patches: int | None) -> int | None:
+    """The fixed patch budget to export a NaFlex vision tower at (None for fixed-resolution models)."""
+    if model.vision is None or not model.vision.cfg.variable_resolution:
+        if max_num_patches is not None:
+            raise SigliteError("max_num_patches applies to NaFlex (siglip2) models only")
+        return None
+    from .preprocess.naflex import load_image_config
+
+    budget = max_num_patches if max_num_patches is not None else load_image_config(source).max_num_patches
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise SigliteError(f"max_num_patches must be a positive int, got {budget!r}")
+    return budget
 
 
 def prepare_folder(out: str | Path, source: Path) -> Path:
@@ -288,8 +325,8 @@ _CUT_CLASSES: dict = {}  # tower class -> its cut subclass (made once, so deep c
 
 def _cut_class(base):
     if base not in _CUT_CLASSES:
-        def forward(self, pixels):
-            return self.forward_intermediates(pixels, self.taps, self.post_norm), None
+        def forward(self, pixels, spatial_shapes=None):
+            return self.forward_intermediates(pixels, self.taps, self.post_norm, spatial_shapes), None
 
         _CUT_CLASSES[base] = type(f"Cut{base.__name__}", (base,), {"forward": forward, "_siglite_cut": True})
     return _CUT_CLASSES[base]

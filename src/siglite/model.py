@@ -12,6 +12,8 @@ final norm applies, causal text, pooling, projection, activation); a part a fami
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,6 +73,45 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+# -- NaFlex (variable resolution) helpers ------------------------------------------------------------------------
+
+
+def patch_mask(spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, 2) (rows, cols) patch grids -> (B, length) bool, True for an image's rows*cols patches (then padding).
+
+    The same mask transformers' Siglip2ImageProcessor returns as `pixel_attention_mask` (patches first, padding last).
+    """
+    positions = torch.arange(length, device=spatial_shapes.device)
+    return positions[None, :] < spatial_shapes.prod(-1)[:, None]
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+    """Resize a square (1, G*G, D) position grid to each image's (rows, cols) grid -> (B, length, D), row-major,
+    the padding positions taking position (0, 0) (any value would do: they are masked).
+
+    Equal to `F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)` per image,
+    written as the separable filter weights so that one batched matmul serves images of different shapes (and the
+    graph traces with `spatial_shapes` as an input). Port of transformers 5.24
+    `models/siglip2/modeling_siglip2.py` `Siglip2VisionEmbeddings.resize_positional_embeddings`, which computes the
+    same weights; fp32 as there, whatever the model's dtype.
+    """
+    G = math.isqrt(pos_embed.shape[1])
+    sizes = spatial_shapes.float()[:, None]  # (B, 1, 2) rows, cols
+    positions = torch.arange(length, device=spatial_shapes.device, dtype=torch.float32)[None, :, None]  # (1, T, 1)
+    rows = torch.div(positions, sizes[..., 1:], rounding_mode="floor")
+    index = torch.cat([rows, positions - rows * sizes[..., 1:]], dim=-1)  # (B, T, 2) row, col of each token
+    index = index * (positions < sizes.prod(-1, keepdim=True))  # padding -> (0, 0)
+    # Antialiased bilinear = a triangle filter stretched by the downscale factor (never narrower than 1 source pixel)
+    scale = G / sizes  # (B, 1, 2)
+    support = scale.clamp(min=1)
+    center = (index + 0.5) * scale - 0.5  # (B, T, 2) in source coordinates
+    source = torch.arange(G, device=spatial_shapes.device, dtype=torch.float32)
+    weights = (1 - (source - center[..., None]).abs() / support[..., None]).clamp(min=0)  # (B, T, 2, G)
+    weights = weights / weights.sum(-1, keepdim=True)
+    weights = (weights[..., 0, :, None] * weights[..., 1, None, :]).flatten(-2)  # (B, T, G*G) outer product
+    return (weights @ pos_embed[0].float()).to(pos_embed.dtype)  # (B, T, D)
+
+
 class AttentionPoolingHead(nn.Module):
     """Multihead attention pooling with one learned probe (SiglipMultiheadAttentionPoolingHead, big_vision MAPHead)."""
 
@@ -85,12 +126,13 @@ class AttentionPoolingHead(nn.Module):
         self.norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
         self.mlp = MLP(D, cfg.intermediate_size, cfg.hidden_act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D), optional (B, 1, 1, T) bool key mask (True = attend) -> (B, D)."""
         B, T, D = x.shape
         H = self.heads
         q = self.q(self.probe).view(1, 1, H, D // H).transpose(1, 2).expand(B, -1, -1, -1)  # (B, H, 1, Dh)
         kv = self.kv(x).view(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (2, B, H, T, Dh)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, H, 1, Dh)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # (B, H, 1, Dh)
         y = self.proj(y.transpose(1, 2).reshape(B, 1, D))
         y = y + self.mlp(self.norm(y))
         return y[:, 0]  # (B, D)
@@ -99,7 +141,7 @@ class AttentionPoolingHead(nn.Module):
 class ClassTokenPool(nn.Module):
     """Pool by taking the class token (CLIP's `last_hidden_state[:, 0]`)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return x[:, 0]  # (B, D)
 
 
@@ -114,7 +156,11 @@ class VisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.hidden_size
-        self.patch_embed = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+        if cfg.variable_resolution:  # NaFlex: the processor already cut the image into (p, p, C) patches
+            self.patch_embed = nn.Linear(cfg.num_channels * cfg.patch_size**2, D)
+        else:
+            self.patch_embed = nn.Conv2d(cfg.num_channels, D, cfg.patch_size, stride=cfg.patch_size,
+                                         bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D))
         self.pre_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
@@ -125,26 +171,41 @@ class VisionTower(nn.Module):
             self.head = AttentionPoolingHead(cfg) if cfg.pooling == "map" else ClassTokenPool()
         self.proj = nn.Linear(D, cfg.projection_dim or D, bias=cfg.projection_bias) if cfg.projection else nn.Identity()
 
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> the tokens entering block 0 (transformers' hidden_states[0]), (B, T, D)."""
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
-        x = x.flatten(2).transpose(1, 2)  # (B, g*g, D)
+    def embed(self, pixels: torch.Tensor, spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
+        """The tokens entering block 0 (transformers' hidden_states[0]), (B, T, D): from (B, 3, S, S) pixels, or with
+        `variable_resolution` (NaFlex) from (B, N, p*p*3) patches and their (B, 2) (rows, cols) grids."""
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))
+        if self.cfg.variable_resolution:  # (B, N, D); the square position grid resized to each image's grid
+            if spatial_shapes is None:
+                raise ValueError("a variable-resolution (NaFlex) vision tower needs spatial_shapes (B, 2)")
+            return x + resize_pos_embed(self.pos_embed, spatial_shapes, x.shape[1])
+        x = x.flatten(2).transpose(1, 2)  # (B, D, g, g) -> (B, g*g, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + g*g, D)
         return self.pre_norm(x + self.pos_embed)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, 3, S, S) -> last_hidden_state (B, T, D), pooled (B, P) or None."""
-        x = self.embed(pixels)
+    def key_mask(self, x: torch.Tensor, spatial_shapes: torch.Tensor | None) -> torch.Tensor | None:
+        """NaFlex: (B, 1, 1, T) bool, True for an image's real patches (padding masked as keys); None otherwise."""
+        if not self.cfg.variable_resolution:
+            return None
+        return patch_mask(spatial_shapes, x.shape[1])[:, None, None, :]
+
+    def forward(self, pixels: torch.Tensor, spatial_shapes: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, S, S) pixels, or with `variable_resolution` (B, N, p*p*3) patches + (B, 2) spatial_shapes
+        -> last_hidden_state (B, T, D), pooled (B, P) or None. NaFlex's padded patches (beyond rows*cols) are masked
+        as keys in every block and in the pooling head; their own outputs are meaningless."""
+        x = self.embed(pixels, spatial_shapes)
+        mask = self.key_mask(x, spatial_shapes)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         # SigLIP post-norms every token and pools the normed tokens; CLIP's last_hidden_state is the encoder output
         # and post_layernorm applies to the pooled class token only (CLIPVisionTransformer.forward).
         if self.cfg.norm_tokens:
             x = self.norm(x)
         if self.head is None:
             return x, None
-        pooled = self.head(x)  # (B, D)
+        pooled = self.head(x, mask)  # (B, D)
         if not self.cfg.norm_tokens:
             pooled = self.norm(pooled)
         return x, self.proj(pooled)
@@ -164,7 +225,7 @@ class VisionTower(nn.Module):
         return out
 
     def forward_intermediates(self, pixels: torch.Tensor, layers: int | list[int] | tuple[int, ...],
-                              post_norm: bool = False) -> torch.Tensor:
+                              post_norm: bool = False, spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
         """The tokens after the given layers, running only the blocks up to the deepest one (VLM feature taps).
 
         Layer K is transformers' `output_hidden_states=True` `hidden_states[K]`: K = 0 the embeddings, K = i the
@@ -176,10 +237,11 @@ class VisionTower(nn.Module):
             (B, T, D) for one layer; several layers are concatenated on the feature axis, (B, T, D * len(layers)).
         """
         wanted = self.layer_indices(layers)
-        x = self.embed(pixels)  # (B, T, D) = hidden_states[0]
+        x = self.embed(pixels, spatial_shapes)  # (B, T, D) = hidden_states[0]
+        mask = self.key_mask(x, spatial_shapes)
         taps = {0: x} if 0 in wanted else {}
         for i, block in enumerate(self.blocks[:max(wanted)], start=1):
-            x = block(x)
+            x = block(x, mask)
             if i in wanted:  # keep only the requested layers (a 27-block tower's activations add up)
                 taps[i] = x
         feats = [self.norm(taps[k]) if post_norm else taps[k] for k in wanted]

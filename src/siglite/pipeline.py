@@ -15,6 +15,7 @@ import numpy as np
 
 from .engines.base import Engine
 from .errors import SigliteError
+from .preprocess import naflex
 from .preprocess.image import MAX_PIXELS_DEFAULT, ImageConfig, ImageInput, preprocess_batch
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ DEFAULT_TEMPLATE = "This is a photo of {}."
 DEFAULT_BATCH = 32
 _SHARED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # Only the fields that mean something for each tower (a saved text_config also carries an unused image_size).
-TOWER_FIELDS = {"vision_config": (*_SHARED_FIELDS, "image_size", "patch_size", "num_channels", "projection_dim"),
+TOWER_FIELDS = {"vision_config": (*_SHARED_FIELDS, "image_size", "patch_size", "num_channels", "projection_dim",
+                                  "num_patches"),
                 "text_config": (*_SHARED_FIELDS, "vocab_size", "max_position_embeddings", "projection_size",
                                 "projection_dim")}
 
@@ -78,7 +80,7 @@ class ImageBatch:
     """Result of `Model.encode_images`: rows for the inputs that decoded, and why the others did not."""
 
     features: np.ndarray  # (N_ok, D)
-    tokens: np.ndarray | None  # (N_ok, T, D) when asked for
+    tokens: np.ndarray | list[np.ndarray] | None  # (N_ok, T, D) when asked for; NaFlex: N_ok arrays (T_i, D)
     indices: list[int]  # input index of each row
     failures: list[tuple[int, str]] = field(default_factory=list)  # (input index, one-line reason)
 
@@ -86,8 +88,9 @@ class ImageBatch:
 class Model:
     """A SigLIP checkpoint ready to embed images and texts and to classify."""
 
-    def __init__(self, engine: Engine, image_config: ImageConfig | None, tokenizer: TextTokenizer | None,
-                 *, name: str = "", folder: Path | None = None, config: dict | None = None, text_mask: bool = False):
+    def __init__(self, engine: Engine, image_config: ImageConfig | naflex.NaflexConfig | None,
+                 tokenizer: TextTokenizer | None, *, name: str = "", folder: Path | None = None,
+                 config: dict | None = None, text_mask: bool = False):
         self.engine = engine
         self.image_config = image_config
         self.tokenizer = tokenizer
@@ -124,22 +127,33 @@ class Model:
 
     def encode_images(self, images: Sequence[ImageInput], *, preprocess: str = "resize", tokens: bool = False,
                       batch_size: int | None = None, on_error: str = "skip", layer: int | Sequence[int] | None = None,
-                      post_norm: bool = False, progress: Progress | None = None) -> ImageBatch:
+                      post_norm: bool = False, max_num_patches: int | None = None,
+                      progress: Progress | None = None) -> ImageBatch:
         """Embed images, keeping going past inputs that cannot be decoded when on_error="skip"; `progress(n)` is
-        called after each batch with its number of inputs. `layer` / `post_norm`: see `image_features`."""
+        called after each batch with its number of inputs. `layer` / `post_norm` / `max_num_patches`: see
+        `image_features`."""
         if self.image_config is None:
             raise SigliteError(f"{self.name}: this checkpoint has no image preprocessing config (text-only model?)")
         taps = self.layer_options(tokens, layer, post_norm)
+        patches = isinstance(self.image_config, naflex.NaflexConfig)
+        if max_num_patches is not None and not patches:
+            raise SigliteError(f"{self.name}: max_num_patches applies to NaFlex (siglip2) models only")
+        if patches and preprocess != "resize":
+            raise SigliteError(f"{self.name}: NaFlex models keep the aspect ratio; preprocess={preprocess!r} does not "
+                               "apply (use 'resize')")
         images = _as_list(images)
         batch_size = check_batch_size(batch_size)
         feats, toks, indices, failures = [], [], [], []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            pixels, ok, failed = preprocess_batch(chunk, self.image_config, preprocess, on_error=on_error,
-                                                  max_pixels=self.max_pixels, background=self.background)
+            if patches:
+                pooled, hidden, ok, failed = self._encode_patches(chunk, tokens, on_error, max_num_patches, taps)
+            else:
+                pixels, ok, failed = preprocess_batch(chunk, self.image_config, preprocess, on_error=on_error,
+                                                      max_pixels=self.max_pixels, background=self.background)
+                pooled, hidden = self.engine.encode_image(pixels, tokens=tokens, **taps) if ok else (None, None)
             failures += [(start + i, reason) for i, reason in failed]
             if ok:
-                pooled, hidden = self.engine.encode_image(pixels, tokens=tokens, **taps)
                 indices += [start + i for i in ok]
                 if pooled is not None:
                     feats.append(pooled)
@@ -147,16 +161,42 @@ class Model:
                     toks.append(hidden)
             if progress is not None:
                 progress(len(chunk))
+        if patches:  # NaFlex: one (T_i, D) array per image
+            tokens_out = [t for batch in toks for t in batch] if tokens else None
+        else:
+            tokens_out = np.concatenate(toks) if toks else None
         return ImageBatch(
             features=np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
-            tokens=np.concatenate(toks) if toks else None,
+            tokens=tokens_out,
             indices=indices,
             failures=failures,
         )
 
+    def _encode_patches(self, chunk: list, tokens: bool, on_error: str, max_num_patches: int | None, taps: dict):
+        """NaFlex: one batch padded to its longest image (or to the engine's fixed length); tokens cut back to each
+        image's own rows*cols."""
+        pad_to = getattr(self.engine, "num_patches", None)  # exported graphs run at one fixed patch budget
+        budget = max_num_patches if max_num_patches is not None else pad_to or self.image_config.max_num_patches
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise SigliteError(f"max_num_patches must be a positive int, got {budget!r}")
+        if pad_to is not None and budget > pad_to:
+            raise SigliteError(f"{self.name}: this engine was exported for max_num_patches={pad_to}; "
+                               f"{budget} does not fit")
+        batch, ok, failed = naflex.preprocess_batch(chunk, self.image_config, max_num_patches=budget, pad_to=pad_to,
+                                                    on_error=on_error, max_pixels=self.max_pixels,
+                                                    background=self.background)
+        if not ok:
+            return None, None, ok, failed
+        pooled, hidden = self.engine.encode_image(batch.patches, tokens=tokens, spatial_shapes=batch.spatial_shapes,
+                                                  **taps)
+        if hidden is not None:
+            hidden = [h[:n] for h, n in zip(hidden, batch.lengths)]
+        return pooled, hidden, ok, failed
+
     def image_features(self, images: Sequence[ImageInput] | ImageInput, *, preprocess: str = "resize",
                        tokens: bool = False, batch_size: int | None = None, layer: int | Sequence[int] | None = None,
-                       post_norm: bool = False, progress: Progress | None = None) -> np.ndarray:
+                       post_norm: bool = False, max_num_patches: int | None = None,
+                       progress: Progress | None = None) -> np.ndarray | list[np.ndarray]:
         """Pooled image embeddings (N, D) = the reference `pooler_output`; with tokens=True the (N, T, D)
         `last_hidden_state`. Any undecodable input raises `ImageError` naming it (see `encode_images` to skip).
 
@@ -164,9 +204,15 @@ class Model:
         of block K, negative from the end; -2 is LLaVA/Prismatic's choice) without the final LayerNorm, computing no
         block after K; `layer=[K1, K2]` concatenates them on the feature axis (N, T, D * 2); `post_norm=True` applies
         the tower's final LayerNorm to each (PaliGemma/SmolVLM take `last_hidden_state`, i.e. layer=None).
+
+        NaFlex (siglip2) models keep each image's aspect ratio, so their token count varies: tokens=True returns a
+        list of N arrays (T_i, D), T_i = rows_i * cols_i patches in row-major order (padding removed), and
+        max_num_patches sets the patch budget per image (default the checkpoint's 256; the checkpoints were
+        evaluated at 256, 576, 784 and 1024).
         """
         out = self.encode_images(images, preprocess=preprocess, tokens=tokens, batch_size=batch_size,
-                                 on_error="raise", layer=layer, post_norm=post_norm, progress=progress)
+                                 on_error="raise", layer=layer, post_norm=post_norm, max_num_patches=max_num_patches,
+                                 progress=progress)
         return out.tokens if tokens else out.features
 
     def layer_options(self, tokens: bool, layer, post_norm: bool) -> dict:
@@ -268,7 +314,7 @@ class Model:
 
     def classify(self, images: Sequence[ImageInput] | ImageInput, labels: Sequence[str] | str, *,
                  template: str = DEFAULT_TEMPLATE, preprocess: str = "resize", batch_size: int | None = None,
-                 top_k: int | None = None, progress: Progress | None = None):
+                 top_k: int | None = None, max_num_patches: int | None = None, progress: Progress | None = None):
         """Probabilities with the model's own scoring (`scores`): SigLIP's sigmoid scores each label on its own;
         CLIP's softmax makes the offered labels compete.
 
@@ -281,6 +327,7 @@ class Model:
             top_k: None returns the (N, L) array. An int returns, as transformers' zero-shot pipeline does, the
                 `top_k` best labels sorted by score, ``[{"label": ..., "score": ...}, ...]``: one such list for a
                 single image, a list of them for a sequence of images.
+            max_num_patches: NaFlex models: the patch budget per image (see `image_features`).
             progress: Called with the number of prompts, then images, done after each batch.
         """
         labels = check_labels(labels)
@@ -290,7 +337,8 @@ class Model:
             raise SigliteError(f"top_k must be a positive integer, got {top_k!r}")
         prompts = [template.format(label) for label in labels]
         txt = self.text_features(prompts, batch_size=batch_size, progress=progress)
-        img = self.image_features(images, preprocess=preprocess, batch_size=batch_size, progress=progress)
+        img = self.image_features(images, preprocess=preprocess, batch_size=batch_size, max_num_patches=max_num_patches,
+                                  progress=progress)
         probs = self.scores(self.logits(img, txt))
         if top_k is None:
             return probs

@@ -49,6 +49,8 @@ class Spec:
 
     def hf_config(self) -> dict:
         """A transformers-style config.json for this architecture (random-weight models at the real shape)."""
+        if self.family_config.vision["arch"].get("variable_resolution"):
+            return self._naflex_hf_config()
         hf = self.family_config.hf
         return {
             "model_type": hf["model_type"],
@@ -62,6 +64,8 @@ class Spec:
         """preprocessor_config.json: SigLIP stretches to height x width; CLIP resizes the shortest edge to
         `shortest_edge` and centre-crops `crop_size` (CLIPImageProcessor)."""
         img = self.image
+        if "max_num_patches" in img:
+            return self._naflex_hf_preprocessor_config()
         hf = self.family_config.hf
         config = {
             "image_processor_type": hf["image_processor_type"],
@@ -78,6 +82,34 @@ class Spec:
         else:
             config["size"] = {"height": img["height"], "width": img["width"]}
         return config
+
+    # -- SigLIP 2 NaFlex: transformers' Siglip2Model / Siglip2ImageProcessor layout ------------------------------------
+    # Our vision fields keep the square position grid as image_size = grid * patch_size (see
+    # checkpoints.transformers_siglip.naflex_vision_fields); transformers stores it as num_patches = grid**2.
+
+    def _naflex_hf_config(self) -> dict:
+        hf = self.family_config.hf
+        vision = {k: v for k, v in self.vision.items() if k != "image_size"}
+        vision["num_patches"] = (self.vision["image_size"] // self.vision["patch_size"]) ** 2
+        return {
+            "model_type": hf["model_type"],
+            "architectures": hf["architectures"],
+            "vision_config": {"model_type": hf["vision_model_type"], **vision},
+            "text_config": {"model_type": hf["text_model_type"], **self.text},
+        }
+
+    def _naflex_hf_preprocessor_config(self) -> dict:
+        img = self.image
+        hf = self.family_config.hf
+        return {
+            "image_processor_type": hf["image_processor_type"],
+            "processor_class": hf["processor_class"],
+            "do_resize": True, "do_rescale": True, "do_normalize": True,
+            "rescale_factor": 1 / 255,
+            "resample": img["resample"],
+            "image_mean": img["image_mean"], "image_std": img["image_std"],
+            "patch_size": img["patch_size"], "max_num_patches": img["max_num_patches"],
+        }
 
 
 @cache

@@ -6,11 +6,12 @@ Key names from transformers `models/siglip/modeling_siglip.py`; q/k/v are fused,
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
-from ..config import family
+from ..config import Family, family, family_of_model_type
 from ..errors import LoadError
 from .base import CONFIG, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
 
@@ -29,17 +30,36 @@ TEXT_KEYS = {
     "final_layer_norm": "norm",
     "head": "head",
 }
-SINGLE_TOWER_PREFIX = {"siglip_vision_model": "vision_model", "siglip_text_model": "text_model"}
+SINGLE_TOWER_PREFIX = {"siglip_vision_model": "vision_model", "siglip_text_model": "text_model",
+                       "siglip2_vision_model": "vision_model", "siglip2_text_model": "text_model"}
+NAFLEX = "siglip2-naflex"  # the family of transformers' Siglip2Model (model_type "siglip2"): SigLIP's weight names
 # Buffers transformers may save that carry no learned state.
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 
 
+def naflex_vision_fields(vision: dict, where: Path) -> dict:
+    """A Siglip2VisionConfig dict -> our VisionConfig fields: the square position grid of `num_patches` becomes
+    image_size = grid * patch_size (so `VisionConfig.grid` is its side)."""
+    num_patches = vision.get("num_patches", 256)  # Siglip2VisionConfig's default
+    grid = math.isqrt(num_patches) if isinstance(num_patches, int) and num_patches > 0 else 0
+    if grid * grid != num_patches:
+        raise LoadError(f"{where}: vision_config.num_patches {num_patches!r} is not a square number of patches")
+    patch_size = vision.get("patch_size", 16)
+    if not isinstance(patch_size, int):  # transformers allows a (p, p) pair; the checkpoints use one int
+        raise LoadError(f"{where}: vision_config.patch_size {patch_size!r}: only square patches (one int) supported")
+    return {**vision, "image_size": grid * patch_size, "patch_size": patch_size}
+
+
 def read_config(folder: Path, config: dict) -> Checkpoint:
-    """config.json -> which towers, at which shapes (family defaults under it, as transformers' config classes)."""
-    fam = family(FAMILY)
+    """config.json -> which towers, at which shapes (family defaults under it, as transformers' config classes).
+    SiglipModel and Siglip2Model (NaFlex) checkpoints share this format; the model_type picks the family."""
+    fam = family_of_model_type(config["model_type"]) or family(FAMILY)
     towers = fam.model_types[config["model_type"]]
     try:
-        vision = fam.vision_config(config.get("vision_config", config)) if "vision" in towers else None
+        vision_dict = config.get("vision_config", config)
+        if fam.vision["arch"].get("variable_resolution") and "vision" in towers:
+            vision_dict = naflex_vision_fields(vision_dict, folder / CONFIG)
+        vision = fam.vision_config(vision_dict) if "vision" in towers else None
         text = fam.text_config(config.get("text_config", config)) if "text" in towers else None
     except (TypeError, ValueError) as e:
         raise LoadError(f"{folder / CONFIG}: bad tower config ({e})") from e
@@ -105,12 +125,22 @@ def to_hf(model) -> dict[str, torch.Tensor]:
     return hf
 
 
+def model_family(model) -> Family:
+    """SigLIP or SigLIP 2 NaFlex, from the model's vision architecture."""
+    naflex = model.vision is not None and model.vision.cfg.variable_resolution
+    return family(NAFLEX if naflex else FAMILY)
+
+
 def hf_config(model) -> dict:
-    """A transformers config.json for `model` (SiglipModel, or a flat SiglipVisionModel config)."""
-    hf = family(FAMILY).hf
+    """A transformers config.json for `model` (SiglipModel / Siglip2Model, or a flat vision-only config)."""
+    hf = model_family(model).hf
     config: dict = {"model_type": hf["model_type"], "architectures": hf["architectures"]}
     if model.vision is not None:
-        config["vision_config"] = {"model_type": hf["vision_model_type"], **model.vision.cfg.to_hf()}
+        vision = model.vision.cfg.to_hf()
+        if model.vision.cfg.variable_resolution:  # transformers stores the square position grid as num_patches
+            vision.pop("image_size")
+            vision["num_patches"] = model.vision.cfg.num_patches
+        config["vision_config"] = {"model_type": hf["vision_model_type"], **vision}
     if model.text is not None:
         config["text_config"] = {"model_type": hf["text_model_type"], **model.text.cfg.to_hf()}
     if model.text is None:  # a vision-only config is flat, as SiglipVisionConfig saves it

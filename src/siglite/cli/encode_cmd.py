@@ -74,6 +74,11 @@ def run(args):
             raise SigliteError(f"none of the {len(args.images)} images could be decoded; nothing written")
         out = batch.tokens if args.tokens else batch.features
         sources = [args.images[i] for i in batch.indices]
+    if isinstance(out, list):  # NaFlex tokens: (T_i, D) per image, T_i varying
+        if len({t.shape for t in out}) > 1:
+            raise ValueError("NaFlex token counts differ per image (native aspect ratio); encode them one image at "
+                             "a time or use Model.image_features(tokens=True) in Python")
+        out = np.stack(out)
     if args.normalize and not args.tokens:
         out = out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
     write_npy(array_path, out)

@@ -27,8 +27,12 @@ class Engine(Protocol):
     logit_bias: float
     logit_kind: str  # "sigmoid" (SigLIP: scores independent) or "softmax" (CLIP: scores compete over texts)
 
-    def encode_image(self, pixels: np.ndarray, tokens: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, 3, H, W) float32 -> pooler_output (N, D), last_hidden_state (N, T, D) if tokens else None."""
+    def encode_image(self, pixels: np.ndarray, tokens: bool = False, spatial_shapes: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, 3, H, W) float32 -> pooler_output (N, D), last_hidden_state (N, T, D) if tokens else None.
+
+        NaFlex (variable-resolution) models take (N, L, p*p*3) patches and their (N, 2) int64 (rows, cols) grids
+        as `spatial_shapes`; patches past rows*cols are padding (masked)."""
         ...
 
     def encode_text(self, ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

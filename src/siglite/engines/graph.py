@@ -3,6 +3,8 @@
 Graphs (dynamic batch, float32 in and out), as `siglite.export` writes them:
 
 * vision: ``pixel_values`` (N, 3, H, W) -> ``last_hidden_state`` (N, T, D), ``pooler_output`` (N, D);
+* vision, NaFlex (variable-resolution) models: ``pixel_values`` (N, P, p*p*3) patches at the fixed patch budget P
+  chosen at export, ``spatial_shapes`` (N, 2) int64 -> the same outputs (P tokens; those past rows*cols are padding);
 * text: ``input_ids`` (N, L) int64, ``attention_mask`` (N, L) int64 -> ``pooler_output`` (N, P). The mask is
   always an input; the engine feeds ones when the tokenizer returns none (the same function: no key is masked).
 
@@ -51,6 +53,8 @@ class GraphEngine:
         self.logit_bias = self.sidecar.logit_bias
         self.logit_kind = self.sidecar.logits
         self.graphs = {tower: self._load(self.folder / name) for tower, name in self.sidecar.files.items()}
+        # NaFlex: the vision graph's fixed patch budget; the pipeline pads every batch to it
+        self.num_patches = self.sidecar.dims.get("num_patches")
 
     def _load(self, path: Path):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -63,14 +67,17 @@ class GraphEngine:
             raise SigliteError(f"{self.folder}: this export has no {tower} tower")
 
     def encode_image(self, pixels: np.ndarray, tokens: bool = False, layer: int | list[int] | None = None,
-                     post_norm: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:
+                     post_norm: bool = False, spatial_shapes: np.ndarray | None = None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         self._tower("vision")
         self._check_layer(layer, post_norm)
         has_pooled = "pooler_output" in self.sidecar.outputs["vision"]
         check_pooled(has_pooled, tokens)
         wanted = (["pooler_output"] if has_pooled else []) + (["last_hidden_state"] if tokens else [])
-        got = dict(zip(wanted, self._run("vision", {"pixel_values": np.ascontiguousarray(pixels, np.float32)},
-                                         wanted)))
+        feeds = {"pixel_values": np.ascontiguousarray(pixels, np.float32)}
+        if spatial_shapes is not None:  # NaFlex graphs
+            feeds["spatial_shapes"] = np.ascontiguousarray(spatial_shapes, np.int64)
+        got = dict(zip(wanted, self._run("vision", feeds, wanted)))
         return got.get("pooler_output"), got.get("last_hidden_state")
 
     def _check_layer(self, layer, post_norm: bool) -> None:

@@ -48,15 +48,19 @@ class TorchEngine:
 
     @torch.inference_mode()
     def encode_image(self, pixels: np.ndarray, tokens: bool = False, layer: int | list[int] | None = None,
-                     post_norm: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                     post_norm: bool = False, spatial_shapes: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
         vision = self._tower("vision")
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        shapes = None  # NaFlex: the (B, 2) patch grids of (B, N, p*p*3) patches
+        if spatial_shapes is not None:
+            shapes = torch.from_numpy(np.ascontiguousarray(spatial_shapes)).to(self.device)
         if layer is not None:  # only the blocks up to the deepest tap run; no pooled output
             try:
-                return None, _numpy(vision.forward_intermediates(x, layer, post_norm))
+                return None, _numpy(vision.forward_intermediates(x, layer, post_norm, shapes))
             except ValueError as e:
                 raise SigliteError(str(e)) from e
-        hidden, pooled = vision(x)
+        hidden, pooled = vision(x, shapes)
         check_pooled(pooled is not None, tokens)
         return (_numpy(pooled) if pooled is not None else None), (_numpy(hidden) if tokens else None)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import numpy as np
 
 from ...errors import ImageError, SigliteError
+from ...preprocess import naflex
 from ...preprocess.image import PREPROCESS, ImageConfig, decode
 from ...data.sources import Item, Source
 from .store import METADATA_COLUMNS, OutputDir
@@ -243,7 +244,60 @@ class TextStep:
 
 
 def make_step(model: Model, source: Source, cfg: EmbedConfig):
+    if source.modality == "image" and isinstance(model.image_config, naflex.NaflexConfig):
+        return PatchStep(model, source, cfg)
     return (ImageStep if source.modality == "image" else TextStep)(model, source, cfg)
+
+
+# -- NaFlex (SigLIP 2 variable resolution): patches + spatial shapes instead of fixed-size pixels ----------------------
+
+
+def prepare_patches(source: Source, items: list[Item], cfg: naflex.NaflexConfig, max_pixels: int | None,
+                    background: tuple, pad_to: int | None) -> Prepared:
+    """`prepare_images` for NaFlex models: each image at its own aspect ratio, the batch padded to its longest."""
+    items_ok, failures = [], []
+    meta = {name: [] for name, _ in METADATA_COLUMNS["image"]}
+    for item in items:
+        try:
+            rgb = decode(source.load(item), max_pixels=max_pixels, background=background)
+            items_ok.append(naflex.preprocess(rgb, cfg))
+        except ImageError as exc:
+            failures.append({"id": item.id, "key": item.key, "source": item.path, "reason": exc.reason})
+            continue
+        for name, value in zip(meta, (item.id, item.key, item.path, rgb.shape[1], rgb.shape[0])):
+            meta[name].append(value)
+    return Prepared(naflex.pad(items_ok, cfg.patch_size**2 * 3, pad_to), meta, failures)
+
+
+class PatchStep(ImageStep):
+    """Pooled embeddings of a NaFlex model at the checkpoint's patch budget (`model.image_config.max_num_patches`).
+    Per-patch tokens vary in number per image and do not fit the (N, T, D) token shards."""
+
+    def __init__(self, model: Model, source: Source, cfg: EmbedConfig):
+        super().__init__(model, source, cfg)
+        if cfg.tokens:
+            raise SigliteError(f"{model.name}: NaFlex models give a different number of tokens per image; token "
+                               "shards need a fixed-resolution model (use Model.image_features(tokens=True))")
+        if cfg.preprocess != "resize":
+            raise SigliteError(f"{model.name}: NaFlex models keep the aspect ratio; preprocess {cfg.preprocess!r} "
+                               "does not apply (use 'resize')")
+
+    def submit(self, pool: Executor, items: list[Item]) -> Future:
+        m = self.model
+        return pool.submit(prepare_patches, self.source, items, m.image_config, m.max_pixels, m.background,
+                           getattr(m.engine, "num_patches", None))
+
+    def encode(self, prep: Prepared) -> tuple[np.ndarray | None, np.ndarray | None]:
+        batch = prep.inputs
+        if len(batch.patches) == 0:
+            return None, None
+        return self.model.engine.encode_image(batch.patches, spatial_shapes=batch.spatial_shapes)
+
+    def probe(self) -> dict:
+        p = self.model.image_config.patch_size
+        pooled, _ = self.model.engine.encode_image(np.zeros((1, 1, p * p * 3), np.float32),
+                                                   spatial_shapes=np.ones((1, 2), np.int64))
+        return {"emb": list(pooled.shape[1:]), "tokens": None}
 
 
 
