@@ -190,7 +190,7 @@ def test_single_tower_checkpoints(reference, model, images, tmp_path):
     ref_model, _ = reference
     ref_model.vision_model.save_pretrained(tmp_path / "vision")
     ref_model.text_model.save_pretrained(tmp_path / "text")
-    from siglite.loading import load_model
+    from siglite.checkpoints import load_model
 
     _, vision = load_model(tmp_path / "vision")
     _, text = load_model(tmp_path / "text")
@@ -214,7 +214,7 @@ def test_errors(folder, model, images):
         naflex.preprocess(np.zeros((8, 8, 3), np.uint8), model.image_config, max_num_patches=0)
     bad = json.loads((folder / "config.json").read_text())
     bad["vision_config"]["num_patches"] = 60
-    from siglite.loading import read_checkpoint
+    from siglite.checkpoints import read_checkpoint
 
     broken = folder.parent / "broken"
     broken.mkdir(exist_ok=True)
@@ -253,7 +253,7 @@ def test_embed_folder(model, images, tmp_path):
     record = embed(model, src, tmp_path / "out", shard_size=3, batch_size=2, workers=1, progress=False)
     assert record["embedded"] == len(images) and record["errors"] == 1
     emb, meta, errors, manifest = read_output(tmp_path / "out")
-    assert meta["image_path"] == [str(p) for p in paths] and len(errors) == 1
+    assert meta["source"] == [str(p) for p in paths] and len(errors) == 1
     assert [(w, h) for w, h in zip(meta["width"], meta["height"])] == [img.size for img in images]
     # different batching (padding) than image_features: equal up to float summation order
     _maxdiff("embed vs image_features", emb, model.image_features(paths), 1e-5)
@@ -305,7 +305,7 @@ def test_random_model_roundtrip_through_transformers(tmp_path, images):
     from transformers import Siglip2Model
 
     from siglite.registry import Spec
-    from siglite.testing import random_model, save_checkpoint
+    from siglite.checkpoints import random_model, save_checkpoint
 
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
     spec = Spec(name="tiny-naflex", hub_id="x/tiny-naflex",
@@ -334,7 +334,7 @@ def test_real_shape_vision_parity(name, tmp_path, images):
     from transformers import Siglip2VisionModel
 
     from siglite.registry import get_spec
-    from siglite.testing import random_model, save_checkpoint
+    from siglite.checkpoints import random_model, save_checkpoint
 
     spec = get_spec(name)
     ours = random_model(spec, vision_layers=2, text=False)
