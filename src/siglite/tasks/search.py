@@ -56,7 +56,8 @@ def search(model: Model, out: str | os.PathLike, *, text: str | None = None, ima
     """Embeds one query (a text, or an image path) with `model` and returns the `top` nearest stored rows.
 
     Returns:
-        Records best first: rank, score (cosine), prob (SigLIP sigmoid, for a query of the other modality), id, key,
+        Records best first: rank, score (cosine), prob (SigLIP sigmoid, for a query of the other modality; none for
+        CLIP, whose softmax scores compete over a label set), id, key,
         and source or caption.
 
     Args:
@@ -82,7 +83,9 @@ def search(model: Model, out: str | os.PathLike, *, text: str | None = None, ima
         query, modality = model.image_features([image], preprocess=mode)[0], "image"
     hits = top_k(store, query, top)
     scale, bias = store.manifest.get("logit_scale"), store.manifest.get("logit_bias")
-    cross = modality != store.modality and scale is not None and bias is not None
+    # A per-hit probability exists for SigLIP's sigmoid only: CLIP's softmax is over a chosen set of labels, not a hit.
+    sigmoid = store.manifest.get("logits", "sigmoid") == "sigmoid"
+    cross = modality != store.modality and scale is not None and bias is not None and sigmoid
     pq = require_pyarrow()
     tables: dict[int, dict] = {}
     records = []

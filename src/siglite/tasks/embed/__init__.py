@@ -213,7 +213,7 @@ def _manifest(model: Model, source: Source, cfg: EmbedConfig, settings: dict, di
         "engine": model.engine.name, "precision": model.engine.precision,
         "preprocess": {"mode": cfg.preprocess, "image": info["image"]} if source.modality == "image" else None,
         "tokenizer": info["tokenizer"] if source.modality == "text" else None,
-        "logit_scale": info["logit_scale"], "logit_bias": info["logit_bias"],
+        "logit_scale": info["logit_scale"], "logit_bias": info["logit_bias"], "logits": info["logits"],
         "normalized": cfg.normalize,
         "source": {**source.describe(), "items": n_items, "items_sha256": items_digest(source.items())},
         "dtype": cfg.dtype, "shard_size": cfg.shard_size, "shards": n_shards,
