@@ -599,9 +599,14 @@ def test_cli_constants_match_the_library():
     from siglite.cli import embed_cmd, quantize_cmd, synth_cmd, train_cmd
     from siglite.quant.int8 import RECIPES, FidelityTarget as Target
     from siglite.tasks.quantize import ENGINES
-    from siglite.tasks import embed, synthetic, train
+    from siglite.data import synthetic
+    from siglite.tasks import embed, train
 
     assert quantize_cmd.RECIPES == tuple(RECIPES) and quantize_cmd.ENGINES == tuple(ENGINES)
+    from siglite.cli import heatmap_cmd
+    from siglite.tasks import heatmap
+
+    assert heatmap_cmd.MODES == heatmap.MODES
     assert (quantize_cmd.TARGET_MEAN, quantize_cmd.TARGET_LOW) == (Target.mean, Target.low)
     assert train_cmd.POSITIVES == train.POSITIVES
     assert train_cmd.ARCH_DEFAULTS == {f: getattr(train.Arch(), f) for f in train_cmd.ARCH_ARGS}

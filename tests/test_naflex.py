@@ -301,7 +301,7 @@ def test_export_fixed_budget(fmt, runtime, folder, model, images, tmp_path):
 
 
 def test_random_model_roundtrip_through_transformers(tmp_path, images):
-    """testing.random_model + save_checkpoint write transformers' Siglip2 layout for a NaFlex spec."""
+    """checkpoints.random_model + save_checkpoint write transformers' Siglip2 layout for a NaFlex spec."""
     from transformers import Siglip2Model
 
     from siglite.registry import Spec
@@ -309,7 +309,7 @@ def test_random_model_roundtrip_through_transformers(tmp_path, images):
 
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
     spec = Spec(name="tiny-naflex", hub_id="x/tiny-naflex",
-                vision={**tower, "image_size": 24, "patch_size": 4, "variable_resolution": True},
+                vision={**tower, "image_size": 24, "patch_size": 4}, family="siglip2-naflex",
                 text={**tower, "vocab_size": 100, "max_position_embeddings": 8}, tokenizer="tokenizers",
                 image={"patch_size": 4, "max_num_patches": 36, "resample": 2, "image_mean": [0.5] * 3,
                        "image_std": [0.5] * 3})

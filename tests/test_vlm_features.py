@@ -111,11 +111,11 @@ def test_cli_encode_layer(deep_ckpt, pixels_and_reference, tmp_path, capsys):
                  "--layer", "-2", "--post-norm", "--out", str(out)]) == 0
     assert np.abs(np.load(out) - normed[-2]).max() <= ATOL
     assert main(["encode", *map(str, images), "--model", str(deep_ckpt), "--device", "cpu", "--tokens",
-                 "--layer", "-2", "1", "--out", str(out)]) == 0
+                 "--layer", "-2", "1", "--out", str(out), "--overwrite"]) == 0
     assert np.abs(np.load(out) - expected([-2, 1], False, hidden, normed)).max() <= ATOL
     capsys.readouterr()
     assert main(["encode", *map(str, images), "--model", str(deep_ckpt), "--layer", "9", "--tokens", "--out",
-                 str(out)]) == 1
+                 str(out), "--overwrite"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out of range" in err
 

@@ -34,6 +34,8 @@ class Classifier(nn.Module):
         text: always None (so code written for `Siglip` sees a vision-only model).
     """
 
+    logit_kind = "sigmoid"  # engines read it as from a `Siglip`; a classifier has no image-text logits
+
     def __init__(self, vision: nn.Module, num_labels: int, *, multi_label: bool):
         super().__init__()
         self.vision = vision

@@ -1,5 +1,7 @@
 """siglite convert: any checkpoint layout siglite loads -> a hub-layout folder transformers 4.x/5.x and siglite load."""
 
+import argparse
+
 from .common import add_format_arg, emit
 
 
@@ -9,7 +11,9 @@ def register(sub):
                                    "`siglite list`) as config.json + model.safetensors + preprocessor_config.json + "
                                    "processor_config.json + tokenizer files, which transformers 4.x and 5.x and "
                                    "siglite all load. The result is loaded back and compared (parity printed).",
-                       epilog="example: siglite convert ./ViT-B-16-SigLIP --out ./siglip-b16-hub")
+                       epilog="examples:\n  siglite convert ./ViT-B-16-SigLIP --out ./siglip-b16-hub\n"
+                              "  siglite convert ./tf4-checkpoint --out ./hub --overwrite",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="checkpoint folder, hub id, or a name from `siglite list`")
     p.add_argument("--out", "-o", required=True, help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

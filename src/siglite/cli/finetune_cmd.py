@@ -1,5 +1,6 @@
 """siglite finetune: train a classification head (and the vision tower) on labelled images; multi-label or not."""
 
+import argparse
 from .common import add_format_arg, emit
 
 
@@ -14,7 +15,8 @@ def register(sub):
                               "  siglite synth --multi-label --count 600 --out scenes\n"
                               "  siglite finetune --data scenes/labels.csv --multi-label --init M --out clf\n"
                               "  siglite finetune --data imagenet-style/ --init M --out clf --freeze-tower\n"
-                              "  siglite predict photo.jpg --model clf")
+                              "  siglite predict photo.jpg --model clf",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="CSV (image, 0/1 label columns) or class-folder dataset")
     p.add_argument("--out", "-o", required=True, help="output folder (must be new or empty, unless --overwrite)")
     p.add_argument("--init", required=True,

@@ -1,5 +1,6 @@
 """siglite predict: labels of images from a fine-tuned classifier (`siglite finetune`)."""
 
+import argparse
 from .common import add_format_arg, add_model_args, emit, load_model
 
 
@@ -9,7 +10,8 @@ def register(sub):
                                    "multi-label models, softmax otherwise); prints the labels at or over the "
                                    "threshold (multi-label) or the top label (single-label).",
                        epilog="examples:\n  siglite predict a.jpg b.jpg --model clf\n"
-                              "  siglite predict photos/*.jpg --model clf --threshold 0.3 --format json")
+                              "  siglite predict photos/*.jpg --model clf --threshold 0.3 --format json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files")
     add_model_args(p)
     p.add_argument("--threshold", type=float, default=None,
