@@ -103,7 +103,9 @@ def test_cli_writes_png_and_array(tmp_path, capsys):
     np.testing.assert_allclose(np.load(npy), patch_heatmap(model, tmp_path / "img.png", f"{s.colours[shape]} {shape}"),
                                atol=1e-6)
     capsys.readouterr()
-    assert main(["heatmap", str(tmp_path / "nope.png"), "--model", str(TRAINED), "--out", str(out)]) == 1
+    assert main(["heatmap", str(tmp_path / "img.png"), "--model", str(TRAINED), "--out", str(out)]) == 1  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["heatmap", str(tmp_path / "nope.png"), "--model", str(TRAINED), "--out", str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.png" in err
 
