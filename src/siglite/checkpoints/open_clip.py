@@ -205,6 +205,8 @@ def _clip_config(path: Path, model_cfg: dict, vision: dict, text: dict) -> dict:
     _check_fixed(path, "vision_cfg", vision, CLIP_VISION_FIXED)
     _check_fixed(path, "text_cfg", text, CLIP_TEXT_FIXED)
     image_size, patch_size = vision.get("image_size", 224), vision.get("patch_size", 16)
+    image_size, patch_size = (s[0] if isinstance(s, (list, tuple)) and len(set(s)) == 1 else s  # (S, S) -> S
+                              for s in (image_size, patch_size))
     if not isinstance(image_size, int) or not isinstance(patch_size, int):
         raise LoadError(f"{path}: vision_cfg image_size {image_size} / patch_size {patch_size}: only square sizes")
     width = vision.get("width", 768)
