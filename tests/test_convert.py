@@ -6,6 +6,7 @@ Round trip through siglite is exact (|Δ| = 0); transformers 5.x (installed) on 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -78,6 +79,17 @@ def test_convert_round_trip_and_transformers_5(name, converted):
     assert vision or "text_roundtrip_max_abs" in record
     again = siglite.load(out, engine="torch", device="cpu")
     assert (again.image_config is None) == (not vision)
+
+
+def test_convert_open_clip_clip(tmp_path):
+    """An open_clip CLIP folder becomes a transformers CLIPModel folder: round trip exact, CLIPModel's projected
+    embeddings equal siglite's; the tokenizer difference (padding, html) is noted."""
+    record = convert(FIXTURES / "open_clip-clip", tmp_path / "out")
+    print(record)
+    assert record["image_roundtrip_max_abs"] == 0.0 and record["text_roundtrip_max_abs"] == 0.0
+    assert record["image_vs_transformers_max_abs"] <= ATOL and record["text_vs_transformers_max_abs"] <= ATOL
+    assert "pads with 0" in record["notes"]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "clip"
 
 
 @pytest.mark.slow

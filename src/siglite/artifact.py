@@ -120,7 +120,7 @@ def cache_path(checkpoint: str | Path, fmt: str) -> Path:
     folder = Path(checkpoint).resolve()
     h = hashlib.sha1(str(folder).encode())
     for f in sorted(folder.iterdir()):
-        if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
+        if f.name in ("config.json", "open_clip_config.json") or f.suffix in (".safetensors", ".bin"):
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     root = Path(os.environ.get("SIGLITE_CACHE") or Path.home() / ".cache" / "siglite")

@@ -26,7 +26,7 @@ NAFLEX_VISION_INPUTS = ["pixel_values", "spatial_shapes"]
 # Files copied from the source checkpoint, so the folder loads like one (config, preprocessing, tokenizer).
 ASSETS = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json",
           "special_tokens_map.json", "added_tokens.json", "tokenizer.json", "spiece.model", "tokenizer.model",
-          "vocab.json", "merges.txt")
+          "vocab.json", "merges.txt", "open_clip_config.json")  # open_clip folders: their config is read instead
 EXTERNAL_DATA_BYTES = 1_500_000_000
 log = logging.getLogger(__name__)  # protobuf stops at 2 GiB: larger graphs keep weights in a .data file
 
@@ -38,7 +38,7 @@ def exported_folder(folder: str | Path, fmt: str) -> Path:
     folder = Path(folder)
     if is_exported(folder):
         return folder
-    if not (folder / "config.json").is_file():
+    if not (folder / "config.json").is_file() and not (folder / "open_clip_config.json").is_file():
         read_sidecar(folder)  # raises: neither an export nor a checkpoint
     out = cache_path(folder, fmt)
     if not is_exported(out):

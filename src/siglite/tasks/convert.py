@@ -99,7 +99,12 @@ def convert(src: str | Path, out: str | Path, *, overwrite: bool = False, revisi
             if (tok_src / "tokenizer_config.json").is_file() else {}
         portable = portable_tokenizer_config(tok_config, tok_src / "tokenizer.json")
         (out / "tokenizer_config.json").write_text(json.dumps(portable, indent=2))
-        if layout == OPEN_CLIP:
+        if layout == OPEN_CLIP and source.tokenizer.kind == "open_clip_bpe":
+            notes.append(f"open_clip's SimpleTokenizer cleans text ({source.tokenizer.clean!r}: html-unescape, "
+                         "whitespace, lowercase) and pads with 0; the hub CLIPTokenizer does not unescape html and "
+                         "pads with <|endoftext|> (only past the EOS, which the causal, EOS-pooled text tower never "
+                         "reads)")
+        elif layout == OPEN_CLIP:
             clean = source.tokenizer.clean
             notes.append(f"open_clip cleans text ({clean!r}) before its tokenizer; the hub tokenizer does not "
                          "(SiglipTokenizer canonicalizes by itself)")
@@ -120,7 +125,8 @@ def _parity(source, out: Path) -> dict:
         import transformers
 
         cls = {"siglip": "SiglipModel", "siglip_vision_model": "SiglipVisionModel",
-               "siglip_text_model": "SiglipTextModel"}[written.config["model_type"]]
+               "siglip_text_model": "SiglipTextModel", "clip": "CLIPModel"}.get(written.config["model_type"])
+        cls = cls or written.config["architectures"][0]  # CLIP single towers: with or without the projection
         ref = getattr(transformers, cls).from_pretrained(out).eval()
         result["transformers"] = transformers.__version__
     except ImportError:
@@ -136,9 +142,10 @@ def _parity(source, out: Path) -> dict:
                 vision = getattr(ref, "vision_model", ref)
                 r = vision(pixel_values=torch.from_numpy(pixels))
                 result["image_vs_transformers_max_abs"] = _max_abs(tb, r.last_hidden_state.numpy())
-                if b is not None:
+                if b is not None:  # CLIP's image embedding is the pooled output through `visual_projection`
+                    pooled = getattr(ref, "visual_projection", lambda x: x)(r.pooler_output)
                     result["image_vs_transformers_max_abs"] = max(result["image_vs_transformers_max_abs"],
-                                                                  _max_abs(b, r.pooler_output.numpy()))
+                                                                  _max_abs(b, pooled.numpy()))
         if source.tokenizer is not None:
             ids, _ = source.tokenize(PROBE_TEXTS)
             ids_out, _ = written.tokenize(PROBE_TEXTS)
@@ -146,7 +153,8 @@ def _parity(source, out: Path) -> dict:
             result["text_roundtrip_max_abs"] = _max_abs(source.engine.encode_text(ids), written.engine.encode_text(ids))
             if ref is not None:
                 text = getattr(ref, "text_model", ref)
-                r = text(input_ids=torch.from_numpy(ids)).pooler_output.numpy()
+                r = getattr(ref, "text_projection", lambda x: x)(text(input_ids=torch.from_numpy(ids)).pooler_output)
+                r = r.numpy()
                 result["text_vs_transformers_max_abs"] = _max_abs(written.engine.encode_text(ids), r)
     return result
 
