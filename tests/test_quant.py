@@ -351,3 +351,31 @@ def test_base_224_meets_the_bar(outliers, tmp_path):
     print({k: v for k, v in fid.items() if "cosine" in k and k.endswith(("mean", "p1"))})
     assert fid["hidden_cosine_mean"] >= BAR["mean"] and fid["hidden_cosine_p1"] >= BAR["low"]
     assert fid["pooled_cosine_mean"] >= BAR["mean"]
+
+
+def test_massive_fc2_inputs_builder():
+    """The massive-activation builder puts a few tokens 450-1900x the median at fc2's input of the middle blocks, and
+    leaves the other blocks alone."""
+    from siglite.registry import get_spec
+    from siglite.checkpoints import random_model
+    from siglite.testing import massive_fc2_inputs
+
+    spec = dataclasses.replace(get_spec("siglip-base-patch16-224"), vision={
+        "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
+        "image_size": 32, "patch_size": 4})
+    model = random_model(spec, text=False).eval()
+    before = [b.mlp.fc1.weight.clone() for b in model.vision.blocks]
+    px = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32))
+    ratios = massive_fc2_inputs(model, px, seed=1)
+    assert sorted(ratios) == [1, 2]  # the middle half of 4 blocks
+    assert all(400 <= r <= 2000 for r in ratios.values()), ratios
+    assert torch.equal(model.vision.blocks[0].mlp.fc1.weight, before[0])
+    assert torch.equal(model.vision.blocks[3].mlp.fc1.weight, before[3])
+    seen = {}
+    h = model.vision.blocks[1].mlp.fc2.register_forward_hook(lambda _m, a, _o: seen.__setitem__(0, a[0].abs()))
+    with torch.no_grad():
+        model.vision(px)
+    h.remove()
+    x = seen[0].flatten(0, -2)
+    hot = (x > 50 * x.median()).any(1)
+    assert 0 < int(hot.sum()) <= 0.03 * len(hot)  # a few tokens, not whole channels
