@@ -259,7 +259,9 @@ def verdicts(records: list[dict]) -> list[str]:
         checks = {"token mean": fid["token_cos_mean"] >= BAR["token_mean"],
                   "token 1%-low": fid["token_cos_p1"] >= BAR["token_p1"],
                   "pooled mean": fid["pooled_cos_mean"] >= BAR["pooled_mean"],
-                  "quant CPU": r["siglite_quant"]["cpu_s"] <= BAR["quant_cpu_s"]}
+                  "all linear layers INT8": not r["siglite_quant"]["float32_layers"],
+                  "quant CPU <= 120 s (the target is for full base-224 depth)": r["siglite_quant"]["cpu_s"]
+                  <= BAR["quant_cpu_s"]}
         if nncf:
             checks["speed wall"] = nncf["wall"] / ours["wall"] >= BAR["speed_vs_nncf"]
             checks["speed CPU"] = nncf["cpu"] / ours["cpu"] >= BAR["speed_vs_nncf"]
