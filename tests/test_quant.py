@@ -379,3 +379,32 @@ def test_massive_fc2_inputs_builder():
     x = seen[0].flatten(0, -2)
     hot = (x > 50 * x.median()).any(1)
     assert 0 < int(hot.sum()) <= 0.03 * len(hot)  # a few tokens, not whole channels
+
+
+@pytest.mark.parametrize("start", [1, 2])
+def test_sensitivity_from_a_cached_prefix_equals_the_full_forward(start):
+    """The sensitivity pass re-runs only the blocks a layer reaches (`Probe.fidelity_from`, prefix cached once):
+    same numbers as the full forward, for a change in a block (1) and in the head (2 = len(blocks))."""
+    import copy
+
+    from siglite.quant.int8 import Probe
+    from siglite.registry import get_spec
+    from siglite.checkpoints import random_model
+
+    spec = dataclasses.replace(get_spec("siglip-base-patch16-224"), vision={
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "image_size": 16, "patch_size": 8})
+    model = random_model(spec, text=False).eval()
+    px = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (10, 3, 16, 16)).astype(np.float32))
+    probe = Probe(model, px, None, None)
+    cached = probe.block_inputs(model)
+    changed = copy.deepcopy(model)
+    layer = changed.vision.blocks[1].mlp.fc2 if start == 1 else changed.vision.head.mlp.fc1
+    with torch.no_grad():
+        layer.weight.add_(0.3 * torch.randn_like(layer.weight))
+    full = probe.fidelity(changed, ("vision",))
+    fast = probe.fidelity_from(changed, start, cached)
+    assert full.keys() == fast.keys() == {"vision_hidden", "vision_pooled"}
+    assert full["vision_pooled"]["mean"] < 0.9999  # the change is visible
+    for k in full:
+        assert abs(full[k]["mean"] - fast[k]["mean"]) < 1e-6 and abs(full[k]["p1"] - fast[k]["p1"]) < 1e-6
