@@ -146,13 +146,9 @@ def run_kind(kind: str, args, work: Path, calib_imgs: list, eval_imgs: list) -> 
     say = (lambda s: print(f"[{kind}] {s}", file=sys.stderr, flush=True))
     work.mkdir(parents=True, exist_ok=True)
     src = work / "fp32"
-    from siglite.checkpoints import random_model  # noqa: F401  (import cost outside the timings)
-
-    # preprocessing only needs the architecture's image settings: write the checkpoint, then read it back
-    cfg = None
     rec: dict = {"kind": kind}
     tmp_px = None
-    if kind == "massive":  # the builder needs pixels: preprocess with the family default settings first
+    if kind == "massive":  # the builder needs pixels: read the architecture's image settings from a plain checkpoint
         build("random", work / "probe", args, np.zeros((1, 3, 1, 1), np.float32), say)
         cfg = siglite.load(work / "probe").image_config
         tmp_px = preprocess_batch(calib_imgs, cfg, "resize")[0]
@@ -164,7 +160,6 @@ def run_kind(kind: str, args, work: Path, calib_imgs: list, eval_imgs: list) -> 
     calib_px = pool[:args.images]
     eval_px = preprocess_batch(eval_imgs, cfg, "resize")[0]
     if kind == "massive":
-        from siglite.testing import massive_fc2_inputs  # noqa: F401
         rec["max_over_median_heldout"] = fc2_ratio(reference, eval_px[:8])
         say("fc2 input max/median |x| per block (held-out): "
             + ", ".join(f"block {b}: {r:.0f}x" for b, r in rec["max_over_median_heldout"].items()))
