@@ -351,3 +351,60 @@ def test_base_224_meets_the_bar(outliers, tmp_path):
     print({k: v for k, v in fid.items() if "cosine" in k and k.endswith(("mean", "p1"))})
     assert fid["hidden_cosine_mean"] >= BAR["mean"] and fid["hidden_cosine_p1"] >= BAR["low"]
     assert fid["pooled_cosine_mean"] >= BAR["mean"]
+
+
+def test_massive_fc2_inputs_builder():
+    """The massive-activation builder puts a few tokens 450-1900x the median at fc2's input of the middle blocks, and
+    leaves the other blocks alone."""
+    from siglite.registry import get_spec
+    from siglite.checkpoints import random_model
+    from siglite.testing import massive_fc2_inputs
+
+    spec = dataclasses.replace(get_spec("siglip-base-patch16-224"), vision={
+        "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
+        "image_size": 32, "patch_size": 4})
+    model = random_model(spec, text=False).eval()
+    before = [b.mlp.fc1.weight.clone() for b in model.vision.blocks]
+    px = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32))
+    ratios = massive_fc2_inputs(model, px, seed=1)
+    assert sorted(ratios) == [1, 2]  # the middle half of 4 blocks
+    assert all(400 <= r <= 2000 for r in ratios.values()), ratios
+    assert torch.equal(model.vision.blocks[0].mlp.fc1.weight, before[0])
+    assert torch.equal(model.vision.blocks[3].mlp.fc1.weight, before[3])
+    seen = {}
+    h = model.vision.blocks[1].mlp.fc2.register_forward_hook(lambda _m, a, _o: seen.__setitem__(0, a[0].abs()))
+    with torch.no_grad():
+        model.vision(px)
+    h.remove()
+    x = seen[0].flatten(0, -2)
+    hot = (x > 50 * x.median()).any(1)
+    assert 0 < int(hot.sum()) <= 0.03 * len(hot)  # a few tokens, not whole channels
+
+
+@pytest.mark.parametrize("start", [1, 2])
+def test_sensitivity_from_a_cached_prefix_equals_the_full_forward(start):
+    """The sensitivity pass re-runs only the blocks a layer reaches (`Probe.fidelity_from`, prefix cached once):
+    same numbers as the full forward, for a change in a block (1) and in the head (2 = len(blocks))."""
+    import copy
+
+    from siglite.quant.int8 import Probe
+    from siglite.registry import get_spec
+    from siglite.checkpoints import random_model
+
+    spec = dataclasses.replace(get_spec("siglip-base-patch16-224"), vision={
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "image_size": 16, "patch_size": 8})
+    model = random_model(spec, text=False).eval()
+    px = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (10, 3, 16, 16)).astype(np.float32))
+    probe = Probe(model, px, None, None)
+    cached = probe.block_inputs(model)
+    changed = copy.deepcopy(model)
+    layer = changed.vision.blocks[1].mlp.fc2 if start == 1 else changed.vision.head.mlp.fc1
+    with torch.no_grad():
+        layer.weight.add_(0.3 * torch.randn_like(layer.weight))
+    full = probe.fidelity(changed, ("vision",))
+    fast = probe.fidelity_from(changed, start, cached)
+    assert full.keys() == fast.keys() == {"vision_hidden", "vision_pooled"}
+    assert full["vision_pooled"]["mean"] < 0.9999  # the change is visible
+    for k in full:
+        assert abs(full[k]["mean"] - fast[k]["mean"]) < 1e-6 and abs(full[k]["p1"] - fast[k]["p1"]) < 1e-6

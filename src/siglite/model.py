@@ -196,8 +196,13 @@ class VisionTower(nn.Module):
         -> last_hidden_state (B, T, D), pooled (B, P) or None. NaFlex's padded patches (beyond rows*cols) are masked
         as keys in every block and in the pooling head; their own outputs are meaningless."""
         x = self.embed(pixels, spatial_shapes)
-        mask = self.key_mask(x, spatial_shapes)
-        for block in self.blocks:
+        return self.forward_from(x, 0, self.key_mask(x, spatial_shapes))
+
+    def forward_from(self, x: torch.Tensor, start: int, mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` from the input of block `start` on (`len(blocks)`: only the final norm and the head): what a
+        change to block `start` or later does, without re-running the blocks before it."""
+        for block in self.blocks[start:]:
             x = block(x, mask)
         # SigLIP post-norms every token and pools the normed tokens; CLIP's last_hidden_state is the encoder output
         # and post_layernorm applies to the pooled class token only (CLIPVisionTransformer.forward).

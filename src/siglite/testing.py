@@ -57,3 +57,48 @@ def massive_channels(model, block: int = 1, channels=(3, 17), factor: float = 1e
     fc2.weight[idx] *= factor
     fc2.bias[idx] = factor
     return model
+
+
+@torch.no_grad()
+def massive_fc2_inputs(model: Siglip, pixels: torch.Tensor, *, blocks=None, channels: int = 2,
+                       ratio: tuple[float, float] = (450.0, 1900.0), token_quantile: float = 0.995,
+                       seed: int = 0) -> dict[int, float]:
+    """Give the fc2 inputs of the middle vision blocks 'massive activations': in `channels` hidden channels per block
+    only a few tokens fire (fc1's bias is shifted so that the top 1 - `token_quantile` of tokens on `pixels` pass the
+    GELU), and those are scaled so that the largest |fc2 input| is `ratio` (drawn in the range) times the median
+    |fc2 input| of the block; fc2's matching input columns are divided by the same factor. That is the pattern trained
+    ViTs show (Sun et al., "Massive activations in LLMs", also in ViTs): a few tokens hundreds to thousands of times
+    larger than the rest, in a few channels. Changes the function (fp32 is the reference). `blocks` defaults to the
+    middle half (3..8 of 12). Returns block -> measured max/median |fc2 input| on `pixels` after all changes."""
+    tower = model.vision
+    n = len(tower.blocks)
+    blocks = list(range(n // 4, n - n // 4)) if blocks is None else list(blocks)
+    gen = torch.Generator().manual_seed(seed)
+    seen: dict[int, torch.Tensor] = {}
+
+    def hook(i):
+        return lambda _m, args, out: seen.__setitem__(i, args[0].detach())
+
+    for b in blocks:  # in order: each change alters the inputs of the later blocks
+        mlp = tower.blocks[b].mlp
+        h = mlp.fc1.register_forward_hook(lambda _m, _a, out: seen.__setitem__(-1, out.detach()))
+        g = mlp.fc2.register_forward_hook(hook(b))
+        tower(pixels)
+        h.remove()
+        g.remove()
+        pre, post = seen[-1].flatten(0, -2), seen[b].flatten(0, -2)
+        median = post.abs().median()
+        idx = torch.randperm(pre.shape[1], generator=gen)[:channels]
+        for c in idx.tolist():
+            z = pre[:, c]
+            q = torch.quantile(z, token_quantile)
+            target = float(ratio[0] + (ratio[1] - ratio[0]) * torch.rand(1, generator=gen))
+            factor = target * median / (z.max() - q).clamp_min(1e-6)
+            mlp.fc1.bias[c] = (mlp.fc1.bias[c] - q) * factor
+            mlp.fc1.weight[c] *= factor
+            mlp.fc2.weight[:, c] /= factor
+    hooks = [tower.blocks[b].mlp.fc2.register_forward_hook(hook(b)) for b in blocks]
+    tower(pixels)
+    for h in hooks:
+        h.remove()
+    return {b: float(seen[b].abs().max() / seen[b].abs().median()) for b in blocks}

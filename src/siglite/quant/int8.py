@@ -205,6 +205,32 @@ class Probe:
         got = self.outputs(model, towers)
         return {k: cosine_summary(self.reference[k], got[k]) for k in got}
 
+    @torch.inference_mode()
+    def block_inputs(self, model) -> list[list[torch.Tensor]]:
+        """Per vision batch, the input of every block and the last block's output (L + 1 tensors), as `model` runs
+        now: the prefix that `fidelity_from` does not re-run."""
+        out = []
+        for i in range(0, len(self.pixels), BATCH):
+            x = model.vision.embed(self.pixels[i:i + BATCH])
+            xs = [x]
+            for block in model.vision.blocks:
+                x = block(x)
+                xs.append(x)
+            out.append(xs)
+        return out
+
+    @torch.inference_mode()
+    def fidelity_from(self, model, start: int, cached: list[list[torch.Tensor]]) -> dict[str, dict]:
+        """`fidelity(model, ("vision",))` for a model that differs from the one `cached` was taken from only in
+        block `start` or later (`len(blocks)`: the head): the blocks before it are not run again."""
+        got: dict[str, list] = {}
+        for xs in cached:
+            hidden, pooled = model.vision.forward_from(xs[start], start)
+            got.setdefault("vision_hidden", []).append(hidden)
+            if pooled is not None:
+                got.setdefault("vision_pooled", []).append(pooled)
+        return {k: cosine_summary(self.reference[k], torch.cat(v)) for k, v in got.items()}
+
 
 # -- the plan ---------------------------------------------------------------------------------------------------------
 
@@ -325,9 +351,13 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
                       check_mask[:n] if check_mask is not None else None)
         for w in wrappers.values():
             w.quantized = False
+        # float prefix, computed once: a vision layer in block i changes nothing before block i
+        cached = small.block_inputs(sim) if small.pixels is not None and sim.vision is not None else None
         for lp in plans:  # a layer changes only its own tower's outputs: run that tower alone
             wrappers[lp.name].quantized = True
-            lp.sensitivity = small.fidelity(sim, (lp.name.partition(".")[0],))
+            start = _vision_start(lp.name, sim) if cached is not None else None
+            lp.sensitivity = (small.fidelity_from(sim, start, cached) if start is not None
+                              else small.fidelity(sim, (lp.name.partition(".")[0],)))
             wrappers[lp.name].quantized = False
         for w in wrappers.values():
             w.quantized = True
@@ -354,6 +384,19 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         if lp.quantized:
             lp.reason = "int8"
     return Plan(model, recipe, target, plans, fidelity, times)
+
+
+def _vision_start(name: str, model) -> int | None:
+    """The first vision block a layer's change reaches: i for "vision.blocks.i.*", len(blocks) for the head's
+    layers and the projection after them; None for the text tower."""
+    parts = name.split(".")
+    if parts[0] != "vision":
+        return None
+    if parts[1] == "blocks":
+        return int(parts[2])
+    if parts[1] in ("head", "proj"):
+        return len(model.vision.blocks)
+    return None
 
 
 def _no_migration(recipe: Recipe) -> Recipe:
