@@ -47,6 +47,23 @@ _LETTERBOX_FILL = 127  # seed recipe's border value
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def check_image_config(cfg, positive: tuple[str, ...]) -> None:
+    """The checks every frozen image config shares (`ImageConfig`, `naflex.NaflexConfig`): mean/std as three floats
+    (lists arrive from JSON; tuples keep the config hashable and comparable), `positive` fields positive ints, a PIL
+    resample code, no zero std. Raises ValueError naming the class and field."""
+    kind = type(cfg).__name__
+    object.__setattr__(cfg, "image_mean", _three_floats("image_mean", cfg.image_mean))
+    object.__setattr__(cfg, "image_std", _three_floats("image_std", cfg.image_std))
+    for name in positive:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{kind}.{name} must be a positive int, got {value!r}")
+    if cfg.resample not in _RESAMPLE_CODES:
+        raise ValueError(f"{kind}.resample must be a PIL code {_RESAMPLE_CODES}, got {cfg.resample!r}")
+    if any(s == 0 for s in cfg.image_std):
+        raise ValueError(f"{kind}.image_std must not contain 0, got {cfg.image_std}")
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """How to turn an RGB image into model pixels; mirrors the fields of a ``preprocessor_config.json``.
@@ -82,17 +99,7 @@ class ImageConfig:
     do_center_crop: bool = False
 
     def __post_init__(self) -> None:
-        # Lists arrive from JSON; tuples keep the frozen config hashable and comparable.
-        object.__setattr__(self, "image_mean", _three_floats("image_mean", self.image_mean))
-        object.__setattr__(self, "image_std", _three_floats("image_std", self.image_std))
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ImageConfig.{name} must be a positive int, got {value!r}")
-        if self.resample not in _RESAMPLE_CODES:
-            raise ValueError(f"ImageConfig.resample must be a PIL code {_RESAMPLE_CODES}, got {self.resample!r}")
-        if any(s == 0 for s in self.image_std):
-            raise ValueError(f"ImageConfig.image_std must not contain 0, got {self.image_std}")
+        check_image_config(self, ("height", "width"))
 
     @classmethod
     def from_hf(cls, d: dict) -> ImageConfig:

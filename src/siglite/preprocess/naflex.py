@@ -31,8 +31,8 @@ import PIL.Image
 
 from siglite.errors import ImageError, LoadError
 
-from .image import (_RESAMPLE_CODES, _WHITE, MAX_PIXELS_DEFAULT, ImageConfig, ImageInput, _check_rgb, _error,
-                    _rescale_normalize, _three_floats, decode, source_name)
+from .image import (_WHITE, MAX_PIXELS_DEFAULT, ImageConfig, ImageInput, _check_rgb, _error, check_image_config,
+                    _rescale_normalize, decode, source_name)
 
 DEFAULT_MAX_NUM_PATCHES = 256  # Siglip2ImageProcessor.max_num_patches
 EVAL_MAX_NUM_PATCHES = (256, 576, 784, 1024)  # the budgets the NaFlex checkpoints were evaluated at (SigLIP 2 paper)
@@ -67,16 +67,7 @@ class NaflexConfig:
     kind = "naflex"  # what `siglite info` / sidecars show; not a dataclass field
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_mean", _three_floats("image_mean", self.image_mean))
-        object.__setattr__(self, "image_std", _three_floats("image_std", self.image_std))
-        for name in ("patch_size", "max_num_patches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"NaflexConfig.{name} must be a positive int, got {value!r}")
-        if self.resample not in _RESAMPLE_CODES:
-            raise ValueError(f"NaflexConfig.resample must be a PIL code {_RESAMPLE_CODES}, got {self.resample!r}")
-        if any(s == 0 for s in self.image_std):
-            raise ValueError(f"NaflexConfig.image_std must not contain 0, got {self.image_std}")
+        check_image_config(self, ("patch_size", "max_num_patches"))
 
     @classmethod
     def from_hf(cls, d: dict) -> NaflexConfig:
