@@ -455,4 +455,7 @@ def create(folder, *, device=None, dtype=None, allow_pickle: bool = False, **kw)
     from ..checkpoints import load_model
 
     _, model = load_model(folder, allow_pickle=allow_pickle)
+    if model.vision is not None and model.vision.cfg.variable_resolution:
+        raise SigliteError(f"{folder}: SigLIP 2 NaFlex (variable resolution) is not supported by the cuda engine yet; "
+                           "use engine='torch' (it runs on CUDA too)")
     return CudaEngine(model, device=device, dtype=dtype, **kw)

@@ -306,7 +306,10 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
     if threads:
         torch.set_num_threads(threads)
     folder = Path(folder)
-    cfg = ImageConfig.from_hf(read_image_processor(folder))
+    processor = read_image_processor(folder)
+    if "max_num_patches" in processor:  # a Siglip2ImageProcessor: patches, not fixed-size pixels
+        raise SigliteError(f"{folder}: siglite bench times fixed-resolution towers; SigLIP 2 NaFlex is not supported yet")
+    cfg = ImageConfig.from_hf(processor)
     images = list(images)[:max(batch_sizes)] if images else synthetic_images(min(max(batch_sizes), 32))
     pixels, _, _ = preprocess_batch(images, cfg, preprocess)  # the same pixels for every target
 

@@ -71,6 +71,9 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     t0 = time.perf_counter()
     source = resolve(model, revision=revision)
     net = cut_model(load_network(source, allow_pickle=allow_pickle), layer, post_norm)
+    if net.vision is not None and net.vision.cfg.variable_resolution:
+        raise SigliteError(f"{model}: INT8 quantization of SigLIP 2 NaFlex (variable resolution) is not supported yet; "
+                           "export it in float32 (siglite export) instead")
     if hasattr(net, "classifier"):  # a fine-tuned classifier: its logits, not the unused pooling head
         from ..heads import without_pooling_head
 
