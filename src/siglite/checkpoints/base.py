@@ -123,3 +123,12 @@ def unmap_blocks(ours: dict, hf: dict, prefix: str, name: str, layers: int) -> N
 
 def plain_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def single_tower_prefix(ckpt: Checkpoint) -> str | None:
+    """The tower prefix ("vision_model" / "text_model") a single-tower checkpoint may store its keys without:
+    transformers 5's SiglipVisionModel, CLIPTextModel, ... hold the tower's modules directly, so their
+    save_pretrained writes unprefixed keys; transformers loads both forms, and so do we. None for both towers."""
+    if ckpt.vision is not None and ckpt.text is not None:
+        return None
+    return "vision_model" if ckpt.vision is not None else "text_model"

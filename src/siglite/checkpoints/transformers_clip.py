@@ -14,7 +14,8 @@ import torch
 
 from ..config import family
 from ..errors import LoadError
-from .base import CONFIG, SAFETENSORS, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
+from .base import (CONFIG, SAFETENSORS, Checkpoint, KeyMap, map_blocks, plain_state_dict, single_tower_prefix,
+                   unmap_blocks)
 
 FAMILY = "clip"
 VISION_KEYS = {"embeddings.patch_embedding": "patch_embed", "pre_layrnorm": "pre_norm", "post_layernorm": "norm"}
@@ -62,9 +63,7 @@ def _has_projection(folder: Path, config: dict, key: str) -> bool:
 
 def to_ours(weights: dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Map a transformers CLIP state dict to ours. Returns (our state dict, the transformers keys used)."""
-    single = None if ckpt.vision is not None and ckpt.text is not None else \
-        ("vision_model" if ckpt.vision is not None else "text_model")
-    km = KeyMap(weights, bare=single)
+    km = KeyMap(weights, bare=single_tower_prefix(ckpt))
     km.ignore(IGNORED_SUFFIXES)
     if ckpt.vision is not None:
         v = "vision_model"

@@ -13,7 +13,7 @@ import torch
 
 from ..config import Family, family, family_of_model_type
 from ..errors import LoadError
-from .base import CONFIG, Checkpoint, KeyMap, map_blocks, plain_state_dict, unmap_blocks
+from .base import CONFIG, Checkpoint, KeyMap, map_blocks, plain_state_dict, single_tower_prefix, unmap_blocks
 
 FAMILY = "siglip"
 # transformers' names for our vision/text parts outside the blocks (weight and bias each)
@@ -30,8 +30,6 @@ TEXT_KEYS = {
     "final_layer_norm": "norm",
     "head": "head",
 }
-SINGLE_TOWER_PREFIX = {"siglip_vision_model": "vision_model", "siglip_text_model": "text_model",
-                       "siglip2_vision_model": "vision_model", "siglip2_text_model": "text_model"}
 NAFLEX = "siglip2-naflex"  # the family of transformers' Siglip2Model (model_type "siglip2"): SigLIP's weight names
 # Buffers transformers may save that carry no learned state.
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
@@ -70,9 +68,7 @@ def read_config(folder: Path, config: dict) -> Checkpoint:
 
 def to_ours(weights: dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Map a transformers SiglipModel state dict to ours. Returns (our state dict, the transformers keys used)."""
-    # transformers 5.x SiglipVisionModel / SiglipTextModel hold the tower's modules directly, so their save_pretrained
-    # writes unprefixed keys ("embeddings.patch_embedding..."); transformers loads both forms, and so do we.
-    km = KeyMap(weights, bare=SINGLE_TOWER_PREFIX.get(ckpt.config.get("model_type")))
+    km = KeyMap(weights, bare=single_tower_prefix(ckpt))
     km.ignore(IGNORED_SUFFIXES)
     if ckpt.vision is not None:
         v = "vision_model"
