@@ -10,6 +10,12 @@ matmuls, GELU, residual adds, the pooling head's probe):
   ``DynamicQuantizeLinear``; ONNX Runtime fuses it with the integer matmul into ``DynamicQuantizeMatMul``);
 * outliers: SmoothQuant migration (`smooth`), strength chosen per layer among `Recipe.alphas` by the measured
   error of that layer's INT8 product on calibration activations (alpha 0 = no migration);
+* massive activations (a few tokens hundreds of times larger than the rest, in a few channels of ``mlp.fc2``'s
+  input, which has nothing to migrate into): decomposition as in LLM.int8() (Dettmers et al. 2022), with the
+  channels chosen once from calibration: those channels are moved to the end of the input (fc1's rows and fc2's
+  columns permuted alike) and their product is computed in float32 beside the INT8 product of the others, so the
+  dynamic range of the INT8 part no longer spans the massive values. Used only where it cuts the layer's measured
+  error `FLOAT_SLICE_GAIN`-fold, with the fewest channels (`Recipe.float_channels`) within 1.5x of the best;
 * sensitivity: each layer is quantized alone and the towers' output cosine is measured on held-out calibration
   inputs; if the fully quantized model misses the fidelity target, the most damaging layers go back to float32,
   one at a time, until it meets it.
@@ -32,7 +38,7 @@ from torch import nn
 
 from ..metrics import cosine_summary
 from .isa import CpuIsa, detect
-from .smooth import migrate, search_alpha, tower_layers
+from .smooth import channel_producer, migrate, move_channels_last, search_alpha, tower_layers
 from .stats import InputStats, collect
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,8 @@ class Recipe:
             simulated to 0.95 in the runtime, 63 gives the simulated value). Engines warn when a model with 8-bit
             weights is served on a CPU that saturates.
         alphas: SmoothQuant strengths tried per layer (empty: no migration).
+        float_channels: how many input channels (largest calibration amax first) a reorderable layer
+            (`smooth.REORDERABLE`: ``mlp.fc2``) may compute in float32 beside its INT8 product (empty: none).
         sensitivity: run the per-layer sensitivity pass and fall back to float32 where needed.
     """
 
@@ -62,6 +70,7 @@ class Recipe:
     activations: str = "dynamic"
     weight_max: int | None = None
     alphas: tuple[float, ...] = (0.0, 0.3, 0.5, 0.65, 0.8)
+    float_channels: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     sensitivity: bool = True
 
     def resolved(self, isa: CpuIsa | None = None) -> Recipe:
@@ -74,10 +83,14 @@ class Recipe:
 RECIPES = {
     "siglite": Recipe(),
     # what ONNX Runtime's quantize_dynamic does by default: per-tensor INT8 weights, dynamic activations
-    "dynamic": Recipe(weights="tensor", weight_max=127, alphas=(), sensitivity=False),
+    "dynamic": Recipe(weights="tensor", weight_max=127, alphas=(), float_channels=(), sensitivity=False),
     # textbook static PTQ: one calibrated range per activation tensor, one scale per weight matrix, nothing kept
-    "naive": Recipe(weights="tensor", activations="static", weight_max=127, alphas=(), sensitivity=False),
+    "naive": Recipe(weights="tensor", activations="static", weight_max=127, alphas=(), float_channels=(),
+                    sensitivity=False),
 }
+# A float32 slice of input channels is used only where it divides the layer's INT8 error at least this much:
+# massive activations do (by orders of magnitude); elsewhere it would cost a copy of the input for little.
+FLOAT_SLICE_GAIN = 4.0
 
 
 @dataclass(frozen=True)
@@ -132,13 +145,16 @@ def fake_quant_act(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
 
 
 class SimLinear(nn.Module):
-    """A linear layer that computes either in float32 or as its INT8 form in the exported graph does."""
+    """A linear layer that computes either in float32 or as its INT8 form in the exported graph does: the first
+    K - `float_channels` input channels as an INT8 product, the last `float_channels` in float32 (`onnx_int8`)."""
 
-    def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None):
+    def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None,
+                 float_channels: int = 0):
         super().__init__()
         recipe = recipe.resolved()
         self.linear = linear
-        q, s = quantize_weight(linear.weight, recipe.weights, recipe.weight_max)
+        self.split = linear.weight.shape[1] - float_channels
+        q, s = quantize_weight(linear.weight[:, :self.split], recipe.weights, recipe.weight_max)
         self.register_buffer("w_deq", q.float() * s[:, None])
         self.act_range = act_range if recipe.activations == "static" else None
         self.quantized = True
@@ -147,7 +163,10 @@ class SimLinear(nn.Module):
         if not self.quantized:
             return self.linear(x)
         lo, hi = self.act_range if self.act_range is not None else (None, None)
-        return F.linear(fake_quant_act(x, lo, hi), self.w_deq, self.linear.bias)
+        out = F.linear(fake_quant_act(x[..., :self.split], lo, hi), self.w_deq, self.linear.bias)
+        if self.split < x.shape[-1]:
+            out = out + F.linear(x[..., self.split:], self.linear.weight[:, self.split:])
+        return out
 
 
 # -- migration strength -----------------------------------------------------------------------------------------------
@@ -173,6 +192,32 @@ def choose_alpha(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[
         return layer_error(x / s, w * s, recipe, lo, hi, ref)
 
     return search_alpha(st.amax, w, recipe.alphas, error)
+
+
+def choose_float_channels(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, dict]:
+    """Which input channels (largest calibration amax first) to compute in float32 beside the INT8 product.
+
+    Each count in `recipe.float_channels` is measured on the sampled rows, the INT8 part quantized over the range
+    of its channels on the whole calibration set (what a batch holding a massive token spans at run time, even if
+    the sample holds none). Returns (the chosen channels, possibly none; {count: relative error})."""
+    x, w = st.sample(), weight.detach().float()
+    ref = x @ w.t()
+    order = st.amax.argsort(descending=True).to(x.device)
+    errors, picks = {}, {}
+    for k in (0, *recipe.float_channels):
+        if k >= x.shape[1] // 2:
+            break
+        keep = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
+        keep[order[:k]] = False
+        lo, hi = st.lo.to(x.device)[keep].min(), st.hi.to(x.device)[keep].max()
+        part = x[:, ~keep] @ w[:, ~keep].t()
+        errors[k] = layer_error(x[:, keep], w[:, keep], recipe, lo, hi, ref - part)
+        picks[k] = order[:k]
+    best = min(errors.values())
+    if errors[0] < FLOAT_SLICE_GAIN * best:
+        return picks[0], errors
+    k = min(k for k, e in errors.items() if e <= 1.5 * best)
+    return picks[k], errors
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------------------
@@ -243,6 +288,8 @@ class LayerPlan:
     fold: str | None
     errors: dict  # alpha -> relative error of the layer's INT8 product on calibration rows
     act_range: tuple[float, float] | None  # static activations: calibrated (lo, hi) after migration
+    float_channels: int = 0  # input channels (moved last) computed in float32 beside the INT8 product
+    channel_errors: dict | None = None  # float channel count -> relative error of the layer's product
     sensitivity: dict | None = None  # output fidelity with this layer alone quantized
     reason: str = ""
 
@@ -323,8 +370,18 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         if alpha:
             migrate(model, name, fold, kind, s)
         st.scale(s)  # the layer's input after migration
-        act_range = (float(st.lo.min()), float(st.hi.max())) if recipe.activations == "static" else None
-        plans.append(LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, act_range))
+        lp = LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, None)
+        producer = channel_producer(name)
+        if producer is not None and recipe.float_channels:
+            channels, ch_errors = choose_float_channels(st, linear.weight, recipe)
+            lp.channel_errors = {str(k): e for k, e in ch_errors.items()}
+            if len(channels):
+                st.permute(move_channels_last(model, name, producer, channels))
+                lp.float_channels = len(channels)
+        if recipe.activations == "static":
+            split = len(st.lo) - lp.float_channels
+            lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
+        plans.append(lp)
     times["migration"] = time.perf_counter() - t1
 
     # Simulate: every layer as its INT8 form, switchable one by one.
@@ -334,7 +391,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     for lp in plans:
         parent, _, attr = lp.name.rpartition(".")
         holder = sim.get_submodule(parent)
-        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range)
+        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels)
         setattr(holder, attr, wrappers[lp.name])
     check_px = torch.from_numpy(calibration.check_pixels) if calibration.check_pixels is not None else None
     check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
