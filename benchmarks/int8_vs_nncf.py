@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval", type=int, default=32, help="held-out images for the fidelity columns")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per engine (median reported)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--sensitivity-samples", type=int, default=4, help="passed to siglite quantize")
+    p.add_argument("--sensitivity-samples", type=int, default=0, help="passed to siglite quantize")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-nncf", action="store_true", help="siglite only (nncf not installed)")
     p.add_argument("--work", default=None, help="folder for checkpoints and exports (default: a temporary one)")

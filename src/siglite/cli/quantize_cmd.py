@@ -38,9 +38,9 @@ def register(sub):
                    help="cosine mean every output must reach on held-out inputs (default: %(default)s)")
     p.add_argument("--target-low", type=float, default=TARGET_LOW,
                    help="1%%-low cosine every output must reach (default: %(default)s)")
-    p.add_argument("--sensitivity-samples", type=nonnegative_int, default=4,
-                   help="held-out images (and texts) per per-layer measurement; 0 measures only when the fully "
-                        "quantized model misses the target (default: %(default)s)")
+    p.add_argument("--sensitivity-samples", type=nonnegative_int, default=0,
+                   help="held-out images (and texts) per per-layer sensitivity measurement, reported per layer; 0 "
+                        "(default) runs that pass only when the fully quantized model misses the target")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     add_overwrite_arg(p, "quantized folder")

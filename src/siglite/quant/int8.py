@@ -43,7 +43,7 @@ from .stats import InputStats, collect
 
 log = logging.getLogger(__name__)
 
-SAMPLE_ROWS = 512  # calibration rows kept per layer for the alpha search
+SAMPLE_ROWS = 256  # calibration rows kept per layer for the alpha and float-channel searches
 BATCH = 8  # images (or texts) per forward pass, as the benchmark runs them
 
 
@@ -304,6 +304,7 @@ class Plan:
     layers: list[LayerPlan]
     fidelity: dict  # simulated: {"all_quantized": ..., "final": ...}
     timings: dict
+    reference: dict = dataclasses.field(default_factory=dict)  # float32 outputs on the held-out inputs (`Probe`)
 
     def quantized(self) -> list[str]:
         return [lp.name for lp in self.layers if lp.quantized]
@@ -323,7 +324,7 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor | None, torch.T
 
 @torch.no_grad()
 def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite",
-         target: FidelityTarget | None = None, *, sensitivity_samples: int = 4, progress=None) -> Plan:
+         target: FidelityTarget | None = None, *, sensitivity_samples: int = 0, progress=None) -> Plan:
     """Calibrate, migrate outliers and choose which layers run in INT8.
 
     Args:
@@ -332,8 +333,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         tokenizer: the checkpoint's `TextTokenizer`, to calibrate the text tower.
         recipe: a `Recipe` or a key of `RECIPES`.
         target: fidelity the sensitivity pass keeps layers in float32 for.
-        sensitivity_samples: held-out images (and texts) per sensitivity measurement; 0 skips the per-layer pass
-            unless the fully quantized model misses the target.
+        sensitivity_samples: held-out images (and texts) per sensitivity measurement; 0 (the default) skips the
+            per-layer pass unless the fully quantized model misses the target.
         progress: optional callable(str) for progress lines.
     """
     recipe = (RECIPES[recipe] if isinstance(recipe, str) else recipe).resolved()
@@ -440,7 +441,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     for lp in plans:
         if lp.quantized:
             lp.reason = "int8"
-    return Plan(model, recipe, target, plans, fidelity, times)
+    return Plan(model, recipe, target, plans, fidelity, times, probe.reference)
 
 
 def _vision_start(name: str, model) -> int | None:

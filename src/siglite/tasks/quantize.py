@@ -27,7 +27,7 @@ ENGINES = ("onnxruntime", "openvino")  # runtimes that execute the INT8 ONNX gra
 def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxruntime",
              recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 256,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
-             sensitivity_samples: int = 4, revision: str | None = None, allow_pickle: bool = False,
+             sensitivity_samples: int = 0, revision: str | None = None, allow_pickle: bool = False,
              progress=None, layer: int | list[int] | None = None, post_norm: bool = False) -> dict:
     """Post-training INT8 quantization of a checkpoint's towers (see `siglite.quant.int8` for the recipe).
 
@@ -43,7 +43,8 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         calib_texts: text file, one calibration text per line (default: built-in prompts).
         num_texts: calibration texts that fit the recipe.
         preprocess: "resize" or "letterbox", as the model will be used.
-        sensitivity_samples: held-out samples per per-layer measurement (0: only when the target is missed).
+        sensitivity_samples: held-out samples per per-layer measurement (0, the default: the per-layer pass runs
+            only when the fully quantized model misses the target).
         revision: hub revision.
         allow_pickle: accept a pickle checkpoint.
         progress: callable(str) for progress lines (default: logging).
@@ -101,7 +102,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     sidecar.save(out)
 
     t2 = time.perf_counter()
-    runtime = measure_runtime(out, engine, net, cal, tokenizer)
+    runtime = measure_runtime(out, engine, net, cal, tokenizer, p.reference)
     say("runtime fidelity: " + ", ".join(f"{k} {v['mean']:.5f}" if isinstance(v, dict) else f"{k} {v:.4f}"
                                          for k, v in runtime.items()))
     summary["fidelity"] = {k: (v["mean"] if isinstance(v, dict) else v) for k, v in runtime.items()}
@@ -141,9 +142,11 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
             data.unlink(missing_ok=True)
 
 
-def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, tokenizer) -> dict:
+def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, tokenizer,
+                    reference_outputs: dict | None = None) -> dict:
     """Fidelity of the written folder, served by `engine`, against the float32 torch model on the held-out inputs:
-    cosine summaries per output and zero-shot top-1 agreement (held-out images ranked against held-out texts)."""
+    cosine summaries per output and zero-shot top-1 agreement (held-out images ranked against held-out texts).
+    `reference_outputs`: the float32 model's outputs on those inputs where already computed (`Plan.reference`)."""
     import torch
 
     import siglite
@@ -157,8 +160,12 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
         if cal.check_pixels is not None and reference.vision is not None:
             got = [served.encode_image(cal.check_pixels[i:i + BATCH], tokens=True, **taps)
                    for i in range(0, len(cal.check_pixels), BATCH)]
-            ref = [reference.vision(torch.from_numpy(cal.check_pixels[i:i + BATCH]))
-                   for i in range(0, len(cal.check_pixels), BATCH)]
+            known = reference_outputs or {}
+            if "vision_hidden" in known and ("vision_pooled" in known or reference.vision.head is None):
+                ref = [(known["vision_hidden"], known.get("vision_pooled"))]
+            else:
+                ref = [reference.vision(torch.from_numpy(cal.check_pixels[i:i + BATCH]))
+                       for i in range(0, len(cal.check_pixels), BATCH)]
             out["vision_hidden"] = cosine_summary(torch.cat([r[0] for r in ref]), np.concatenate([g[1] for g in got]))
             if reference.vision.head is not None:
                 ref_pooled = torch.cat([r[1] for r in ref]).numpy()
@@ -174,8 +181,11 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
         if cal.check_texts and reference.text is not None:
             ids, mask = tokenizer(cal.check_texts)
             got_t = served.encode_text(ids, mask)
-            ref_t = reference.text(torch.from_numpy(ids), torch.from_numpy(mask) if mask is not None else None)[1]
-            ref_t = ref_t.numpy()
+            if "text_pooled" in (reference_outputs or {}):
+                ref_t = reference_outputs["text_pooled"].numpy()
+            else:
+                ref_t = reference.text(torch.from_numpy(ids), torch.from_numpy(mask) if mask is not None else None)[1]
+                ref_t = ref_t.numpy()
             out["text_pooled"] = cosine_summary(ref_t, got_t)
             if ref_pooled is not None:
                 from ..model import sigmoid_logits
