@@ -489,3 +489,44 @@ def test_moving_channels_last_keeps_the_function():
     perm = move_channels_last(mlp, "fc2", "fc1", torch.tensor([3, 11]))
     assert perm[-2:].tolist() == [3, 11] and sorted(perm.tolist()) == list(range(16))
     assert torch.allclose(mlp(x), before, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["siglip-base-patch16-224", "clip-vit-base-patch32"])
+def test_massive_fc2_inputs_builder_on_the_text_tower(name):
+    """`massive_fc2_inputs(..., tower="text")` does to the text tower what it does to the vision one: token ids (SigLIP)
+    or (ids, mask) (CLIP) in, a few positions 450-1900x the median at fc2's input of the middle blocks, the other
+    blocks and the vision tower untouched; `fc2_input_ratios` measures the same ratios afterwards."""
+    from siglite.checkpoints import random_model
+    from siglite.registry import get_spec
+    from siglite.testing import fc2_input_ratios, massive_fc2_inputs
+
+    base = get_spec(name)
+    spec = dataclasses.replace(base, vision={**base.vision, "hidden_size": 32, "intermediate_size": 64,
+                                             "num_hidden_layers": 1, "num_attention_heads": 2},
+                               text={**base.text, "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 4,
+                                     "num_attention_heads": 2, "vocab_size": 500, "max_position_embeddings": 16})
+    model = random_model(spec, seed=0).eval()
+    vision_before = {k: v.clone() for k, v in model.vision.state_dict().items()}
+    before = [b.mlp.fc1.weight.clone() for b in model.text.blocks]
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(rng.integers(3, 499, (16, 16)))
+    lengths = torch.from_numpy(rng.integers(4, 17, 16))
+    mask = (torch.arange(16)[None] < lengths[:, None]).long()
+    ids[:, -1] = 499  # an EOS-like highest id somewhere, for CLIP's argmax pooling
+    inputs = (ids, mask) if base.family == "clip" else ids
+    ratios = massive_fc2_inputs(model, inputs, seed=1, tower="text")
+    print(f"\n{name} text fc2 input max/median: " + ", ".join(f"block {b} {r:.0f}x" for b, r in ratios.items()))
+    assert sorted(ratios) == [1, 2]  # the middle half of 4 blocks
+    assert all(400 <= r <= 2000 for r in ratios.values()), ratios
+    assert fc2_input_ratios(model, inputs, tower="text", blocks=[1, 2]) == ratios
+    assert torch.equal(model.text.blocks[0].mlp.fc1.weight, before[0])
+    assert torch.equal(model.text.blocks[3].mlp.fc1.weight, before[3])
+    assert all(torch.equal(v, vision_before[k]) for k, v in model.vision.state_dict().items())
+    seen = {}
+    h = model.text.blocks[1].mlp.fc2.register_forward_hook(lambda _m, a, _o: seen.__setitem__(0, a[0].abs()))
+    with torch.no_grad():
+        model.text(*inputs) if isinstance(inputs, tuple) else model.text(inputs)
+    h.remove()
+    x = seen[0].flatten(0, -2)
+    hot = (x > 50 * x.median()).any(1)
+    assert 0 < int(hot.sum()) <= 0.03 * len(hot)  # a few positions, not whole channels
