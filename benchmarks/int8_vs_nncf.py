@@ -226,7 +226,7 @@ def interleaved(fns: dict, inputs: tuple, rounds: int) -> dict[str, dict]:
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            _, w, c = timed(lambda: fn(inputs))
+            _, w, c = timed(lambda fn=fn: fn(inputs))
             wall[name].append(w)
             cpu[name].append(c)
     return {k: {"wall": float(np.median(wall[k])), "cpu": float(np.median(cpu[k]))} for k in fns}
@@ -270,7 +270,9 @@ def run_kind(kind: str, args, work: Path, calib: list, held: list) -> dict:
     probe_inputs = None
     if kind == "massive":  # the builder needs model inputs: preprocess/tokenize with a plain checkpoint's settings
         build("random", work / "probe", args, None, say)
-        probe_np = prepare_inputs(siglite.load(work / "probe", device="cpu"), tower, calib[:8])
+        # 8 images (1568 tokens at base-224) or 24 texts (1536 positions at SigLIP's 64)
+        probe_np = prepare_inputs(siglite.load(work / "probe", device="cpu"), tower,
+                                  calib[:8 if tower == "vision" else 24])
         probe_inputs = tuple(torch.from_numpy(x) for x in probe_np if x is not None)
         probe_inputs = probe_inputs[0] if len(probe_inputs) == 1 else probe_inputs
         shutil.rmtree(work / "probe")
@@ -382,8 +384,8 @@ def markdown(records: list[dict], args) -> str:
              + "; ".join(f"{r['kind']} {'/'.join(f'{x:.1f}' for x in r['loadavg'][0])}" for r in records) + "."]
     if args.tower == "text":
         notes.append("text: the exported text graphs output pooler_output only (SigLIP pooler_output, CLIP "
-                     "text_embeds), so there is no token cosine; the pooled 1%-low is held to the token 1%-low bar. Texts: the "
-                     "test fixtures' synthetic corpus, tokenized by a tokenizer trained on it (padded to "
+                     "text_embeds), so there is no token cosine; the pooled 1%-low is held to the token 1%-low bar. "
+                     "Texts: the test fixtures' synthetic corpus, tokenized by a tokenizer trained on it (padded to "
                      f"{'77, with mask' if family_of(args.model) == 'clip' else '64, no mask'}).")
     for r in records:
         if r["kind"] == "massive":
