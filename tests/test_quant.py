@@ -530,3 +530,28 @@ def test_massive_fc2_inputs_builder_on_the_text_tower(name):
     x = seen[0].flatten(0, -2)
     hot = (x > 50 * x.median()).any(1)
     assert 0 < int(hot.sum()) <= 0.03 * len(hot)  # a few positions, not whole channels
+
+
+def test_inject_outliers_reaches_the_text_tower_and_keeps_its_function():
+    """`inject_outliers` on a text-only model (as benchmarks/int8_vs_nncf.py --tower text builds it): the text
+    blocks' LayerNorm outputs get channels ~`scale`x the rest, the pooled output is unchanged (up to rounding)."""
+    from siglite.checkpoints import random_model
+    from siglite.registry import get_spec
+    from siglite.testing import inject_outliers
+
+    base = get_spec("siglip-base-patch16-224")
+    spec = dataclasses.replace(base, vision={**base.vision, "hidden_size": 32, "intermediate_size": 64,
+                                             "num_hidden_layers": 1, "num_attention_heads": 2},
+                               text={**base.text, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                     "num_attention_heads": 2, "vocab_size": 300, "max_position_embeddings": 16})
+    model = random_model(spec, seed=0).eval()
+    model.vision = None
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, 300, (4, 16)))
+    with torch.no_grad():
+        before = model.text(ids)[1]
+        inject_outliers(model, channels=4, scale=80.0, seed=2)
+        after = model.text(ids)[1]
+        gains = model.text.blocks[0].ln1.weight.abs()
+    print(f"\ntext pooled max |diff| after inject_outliers: {(after - before).abs().max():.2e}")
+    assert torch.allclose(after, before, atol=1e-4, rtol=1e-4)
+    assert int((gains > 20 * gains.median()).sum()) == 4
