@@ -489,3 +489,31 @@ def test_moving_channels_last_keeps_the_function():
     perm = move_channels_last(mlp, "fc2", "fc1", torch.tensor([3, 11]))
     assert perm[-2:].tolist() == [3, 11] and sorted(perm.tolist()) == list(range(16))
     assert torch.allclose(mlp(x), before, atol=1e-6)
+
+
+def test_quantize_measures_the_runtime_first_and_falls_back_only_when_it_misses(outlier_ckpt, calib_dir, tmp_path):
+    """`siglite quantize` writes every layer in INT8 and measures it in the runtime; no simulation runs when that
+    meets the target. A target the all-INT8 model misses makes it simulate, keep the most damaging layers in
+    float32 and write the folder again, which then meets it in the runtime too."""
+    from siglite.tasks.quantize import quantize
+
+    easy = quantize(outlier_ckpt, str(calib_dir), tmp_path / "easy", num_calib=24, num_check=8,
+                    target=FidelityTarget(0.99, 0.98), progress=lambda s: None)
+    assert easy["float32_layers"] == [] and easy["fidelity"]["simulated"] == {}
+    assert "sensitivity" not in easy["timings_s"]
+    first = min(v["mean"] for k, v in easy["fidelity"]["runtime"].items() if k in ("vision_hidden", "text_pooled"))
+    strict = FidelityTarget(mean=min(0.99999, 1 - (1 - first) / 3), low=0.99)
+    lines = []
+    hard = quantize(outlier_ckpt, str(calib_dir), tmp_path / "hard", num_calib=24, num_check=8, target=strict,
+                    progress=lines.append)
+    assert any("runtime misses the fidelity target" in line for line in lines)
+    assert hard["float32_layers"] and hard["fidelity"]["simulated"]["all_quantized"]
+    runtime = {k: v for k, v in hard["fidelity"]["runtime"].items() if k in ("vision_hidden", "vision_pooled",
+                                                                              "text_pooled")}
+    print(f"\nstrict target {strict.mean:.6f}: kept {len(hard['float32_layers'])} layers in float32, runtime "
+          + ", ".join(f"{k} {v['mean']:.6f}" for k, v in runtime.items()))
+    # the simulation met it; the runtime computes the same integers (to float rounding)
+    assert all(v["mean"] >= strict.mean - 1e-5 and v["p1"] >= strict.low for v in runtime.values())
+    assert min(v["mean"] for v in runtime.values()) > first
+    sidecar = json.loads((tmp_path / "hard" / "siglite.json").read_text())
+    assert sidecar["quantization"]["float32_layers"] == hard["float32_layers"]

@@ -305,6 +305,7 @@ class Plan:
     fidelity: dict  # simulated: {"all_quantized": ..., "final": ...}
     timings: dict
     reference: dict = dataclasses.field(default_factory=dict)  # float32 outputs on the held-out inputs (`Probe`)
+    probe: Probe | None = None  # the held-out inputs and those outputs, for `refine`
 
     def quantized(self) -> list[str]:
         return [lp.name for lp in self.layers if lp.quantized]
@@ -324,7 +325,8 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor | None, torch.T
 
 @torch.no_grad()
 def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite",
-         target: FidelityTarget | None = None, *, sensitivity_samples: int = 0, progress=None) -> Plan:
+         target: FidelityTarget | None = None, *, sensitivity_samples: int = 0, simulate: bool = True,
+         progress=None) -> Plan:
     """Calibrate, migrate outliers and choose which layers run in INT8.
 
     Args:
@@ -335,6 +337,10 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         target: fidelity the sensitivity pass keeps layers in float32 for.
         sensitivity_samples: held-out images (and texts) per sensitivity measurement; 0 (the default) skips the
             per-layer pass unless the fully quantized model misses the target.
+        simulate: measure the fully quantized model (simulated) and fall back where it misses the target
+            (`refine`). False stops after calibration and migration, every layer planned in INT8, so that the
+            caller can measure the written model in its runtime first and `refine` only if that misses the target
+            (ignored when `sensitivity_samples` asks for the per-layer pass).
         progress: optional callable(str) for progress lines.
     """
     recipe = (RECIPES[recipe] if isinstance(recipe, str) else recipe).resolved()
@@ -382,21 +388,39 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         if recipe.activations == "static":
             split = len(st.lo) - lp.float_channels
             lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
+        lp.reason = "int8"
         plans.append(lp)
     times["migration"] = time.perf_counter() - t1
 
-    # Simulate: every layer as its INT8 form, switchable one by one.
     t2 = time.perf_counter()
+    check_px = torch.from_numpy(calibration.check_pixels) if calibration.check_pixels is not None else None
+    check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
+    probe = Probe(model, check_px, check_ids, check_mask)
+    times["reference"] = time.perf_counter() - t2
+    p = Plan(model, recipe, target, plans, {}, times, probe.reference, probe)
+    if simulate or (recipe.sensitivity and sensitivity_samples):
+        refine(p, sensitivity_samples=sensitivity_samples, progress=say)
+    return p
+
+
+@torch.no_grad()
+def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
+    """Simulate `p` with every planned layer in INT8 on the held-out inputs; where it misses the target (and the
+    recipe allows), measure each layer's damage alone and return the most damaging ones to float32, one at a time,
+    until the target is met. Updates `p` in place (layers, fidelity, timings) and returns it."""
+    say = progress or log.info
+    recipe, target, probe, model, plans = p.recipe, p.target, p.probe, p.model, p.layers
+    times = p.timings
+    t2 = time.perf_counter()
+    # Simulate: every layer as its INT8 form, switchable one by one.
     sim = copy.deepcopy(model)
     wrappers = {}
     for lp in plans:
+        lp.quantized, lp.reason = True, "int8"
         parent, _, attr = lp.name.rpartition(".")
         holder = sim.get_submodule(parent)
         wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels)
         setattr(holder, attr, wrappers[lp.name])
-    check_px = torch.from_numpy(calibration.check_pixels) if calibration.check_pixels is not None else None
-    check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
-    probe = Probe(model, check_px, check_ids, check_mask)
     all_q = probe.fidelity(sim)
     say(f"all layers INT8 (simulated): {_brief(all_q)}")
     fidelity = {"all_quantized": all_q}
@@ -404,9 +428,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     need_fallback = recipe.sensitivity and not target.met(all_q)
     if recipe.sensitivity and (sensitivity_samples or need_fallback):
         n = sensitivity_samples or 4
-        small = Probe(model, check_px[:n] if check_px is not None else None,
-                      check_ids[:n] if check_ids is not None else None,
-                      check_mask[:n] if check_mask is not None else None)
+        cut = (lambda t: t[:n] if t is not None else None)
+        small = Probe(model, cut(probe.pixels), cut(probe.ids), cut(probe.mask))
         for w in wrappers.values():
             w.quantized = False
         # float prefix, computed once: a vision layer in block i changes nothing before block i
@@ -438,10 +461,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
                 break
     fidelity["final"] = final
     times["fallback"] = time.perf_counter() - t3
-    for lp in plans:
-        if lp.quantized:
-            lp.reason = "int8"
-    return Plan(model, recipe, target, plans, fidelity, times, probe.reference)
+    p.fidelity = fidelity
+    return p
 
 
 def _vision_start(name: str, model) -> int | None:
