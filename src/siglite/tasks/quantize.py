@@ -25,7 +25,7 @@ ENGINES = ("onnxruntime", "openvino")  # runtimes that execute the INT8 ONNX gra
 
 
 def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxruntime",
-             recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 256,
+             recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 128,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
              sensitivity_samples: int = 0, revision: str | None = None, allow_pickle: bool = False,
              progress=None, layer: int | list[int] | None = None, post_norm: bool = False) -> dict:
@@ -38,7 +38,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         engine: runtime that serves the INT8 graphs, recorded in the sidecar ("onnxruntime" or "openvino").
         recipe: a key of `RECIPES` ("siglite", "dynamic", "naive") or a `Recipe`.
         target: fidelity the sensitivity pass keeps layers in float32 for.
-        num_calib: calibration images that fit the recipe (a few hundred is plenty).
+        num_calib: calibration images that fit the recipe (64-128 is plenty).
         num_check: further images (and texts) held out to measure fidelity.
         calib_texts: text file, one calibration text per line (default: built-in prompts).
         num_texts: calibration texts that fit the recipe.
