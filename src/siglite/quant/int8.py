@@ -14,8 +14,8 @@ matmuls, GELU, residual adds, the pooling head's probe):
   input, which has nothing to migrate into): decomposition as in LLM.int8() (Dettmers et al. 2022), with the
   channels chosen once from calibration: those channels are moved to the end of the input (fc1's rows and fc2's
   columns permuted alike) and their product is computed in float32 beside the INT8 product of the others, so the
-  dynamic range of the INT8 part no longer spans the massive values. Used only where it cuts the layer's measured
-  error `FLOAT_SLICE_GAIN`-fold, with the fewest channels (`Recipe.float_channels`) within 1.5x of the best;
+  dynamic range of the INT8 part no longer spans the massive values. The count (`Recipe.float_channels`) is the
+  fewest whose measured error is within `FLOAT_SLICE_GAIN` of the best count tried: none on layers without them;
 * sensitivity: each layer is quantized alone and the towers' output cosine is measured on held-out calibration
   inputs; if the fully quantized model misses the fidelity target, the most damaging layers go back to float32,
   one at a time, until it meets it.
@@ -88,9 +88,10 @@ RECIPES = {
     "naive": Recipe(weights="tensor", activations="static", weight_max=127, alphas=(), float_channels=(),
                     sensitivity=False),
 }
-# A float32 slice of input channels is used only where it divides the layer's INT8 error at least this much:
-# massive activations do (by orders of magnitude); elsewhere it would cost a copy of the input for little.
-FLOAT_SLICE_GAIN = 4.0
+# The fewest float32 input channels whose error is within this factor of the best count tried: massive activations
+# cut the error by orders of magnitude when their channels go to float32; elsewhere more channels gain < this and
+# none are used (a slice costs a copy of the input).
+FLOAT_SLICE_GAIN = 3.0
 
 
 @dataclass(frozen=True)
@@ -210,13 +211,15 @@ def choose_float_channels(st: InputStats, weight: torch.Tensor, recipe: Recipe) 
         keep = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
         keep[order[:k]] = False
         lo, hi = st.lo.to(x.device)[keep].min(), st.hi.to(x.device)[keep].max()
-        part = x[:, ~keep] @ w[:, ~keep].t()
-        errors[k] = layer_error(x[:, keep], w[:, keep], recipe, lo, hi, ref - part)
+        main = ref - x[:, ~keep] @ w[:, ~keep].t()  # what the INT8 part must produce
+        # relative to the whole product, so that counts compare
+        errors[k] = layer_error(x[:, keep], w[:, keep], recipe, lo, hi, main) * float(
+            main.pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
         picks[k] = order[:k]
+    # more float channels always help a little (a smaller range for the rest); massive ones help by orders of
+    # magnitude: take the fewest within FLOAT_SLICE_GAIN of the best count tried
     best = min(errors.values())
-    if errors[0] < FLOAT_SLICE_GAIN * best:
-        return picks[0], errors
-    k = min(k for k, e in errors.items() if e <= 1.5 * best)
+    k = min(k for k, e in errors.items() if e <= FLOAT_SLICE_GAIN * best)
     return picks[k], errors
 
 
