@@ -207,25 +207,68 @@ def test_unknown_forced_isa_is_a_one_line_error(monkeypatch):
         detect()
 
 
-def test_load_warns_for_8bit_weights_on_a_saturating_cpu(quantized, tmp_path, monkeypatch):
-    import shutil
+def test_8bit_weights_are_served_narrowed_on_a_saturating_cpu(outlier_ckpt, quantized, calib_dir, sample_images,
+                                                              tmp_path, monkeypatch):
+    """A model quantized for a VNNI CPU (8-bit weights) loaded on a CPU whose u8*s8 kernels saturate (forced
+    avx2) is served with its weights re-quantized to 7 bits at load time, with a warning: close to float32, the
+    folder untouched. On an exact CPU it is served as stored, without a warning."""
+    import hashlib
     import warnings
 
-    folder = tmp_path / "int8-vnni"
-    shutil.copytree(quantized, folder)
-    sidecar = json.loads((folder / "siglite.json").read_text())
-    sidecar["quantization"].update(weight_max=127, cpu_isa="avx512_vnni")  # as if quantized on a VNNI CPU
-    (folder / "siglite.json").write_text(json.dumps(sidecar))
-    monkeypatch.setenv(ENV, "avx2")
-    with pytest.warns(UserWarning, match=r"this CPU \(avx2\) can saturate"):
-        siglite.load(folder)
+    from siglite.tasks.quantize import quantize
+
+    monkeypatch.setenv(ENV, "avx512_vnni")
+    rep = quantize(outlier_ckpt, str(calib_dir), tmp_path / "vnni", num_calib=24, num_check=8,
+                   progress=lambda s: None)
+    assert rep["cpu_isa"]["weight_max_used"] == 127
+    digest = {f.name: hashlib.sha1(f.read_bytes()).hexdigest() for f in (tmp_path / "vnni").glob("*.onnx")}
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        monkeypatch.setenv(ENV, "avx512_vnni")
-        siglite.load(folder)
-        monkeypatch.setenv(ENV, "avx2")
-        siglite.load(quantized)  # 7-bit weights are exact everywhere
+        siglite.load(tmp_path / "vnni", engine="onnxruntime")
     assert not [w for w in seen if "saturate" in str(w.message)]
+
+    monkeypatch.setenv(ENV, "avx2")
+    with pytest.warns(UserWarning, match=r"this CPU \(avx2\) can saturate .* re-quantized to 7 bits"):
+        narrowed = siglite.load(tmp_path / "vnni", engine="onnxruntime")
+    reference = siglite.load(outlier_ckpt, device="cpu")
+    px = _pixels(reference, sample_images)
+    ref, got = reference.engine.encode_image(px)[0], narrowed.engine.encode_image(px)[0]
+    cos = cosine_rows(ref, got)
+    print(f"\n8-bit weights served narrowed to 7 bits: pooled cosine vs float32 mean {cos.mean():.5f} "
+          f"min {cos.min():.5f}")
+    assert cos.min() >= BAR["mean"]
+    assert digest == {f.name: hashlib.sha1(f.read_bytes()).hexdigest() for f in (tmp_path / "vnni").glob("*.onnx")}
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        siglite.load(quantized)  # 7-bit weights are exact everywhere: served as stored
+    assert not [w for w in seen if "saturate" in str(w.message)]
+
+
+def test_narrow_weights_requantizes_within_range():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from siglite.quant.onnx_int8 import narrow_weights, quantize_graph
+    from siglite.quant.int8 import Recipe
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 16)
+    graph = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 16])],
+        [numpy_helper.from_array(np.ascontiguousarray(lin.weight.detach().t().numpy()), "w")]),
+        opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    quantize_graph(graph, {"layer": lin.weight}, Recipe(weight_max=127), {"layer": None})
+    inits = {t.name: t for t in graph.graph.initializer}
+    before = numpy_helper.to_array(inits["w_int8_w"]).astype(np.float32) * numpy_helper.to_array(inits["w_int8_ws"])
+    assert narrow_weights(graph, 63) == 1
+    inits = {t.name: t for t in graph.graph.initializer}
+    q = numpy_helper.to_array(inits["w_int8_w"])
+    after = q.astype(np.float32) * numpy_helper.to_array(inits["w_int8_ws"])
+    assert np.abs(q).max() <= 63 and np.abs(q).max() >= 62
+    step = numpy_helper.to_array(inits["w_int8_ws"]).max()
+    assert np.abs(after - before).max() <= step  # within one 7-bit step of the 8-bit weights
+    assert narrow_weights(graph, 63) == 0  # already narrow
 
 
 def test_simulation_equals_the_runtime_integer_arithmetic():
@@ -489,6 +532,34 @@ def test_moving_channels_last_keeps_the_function():
     perm = move_channels_last(mlp, "fc2", "fc1", torch.tensor([3, 11]))
     assert perm[-2:].tolist() == [3, 11] and sorted(perm.tolist()) == list(range(16))
     assert torch.allclose(mlp(x), before, atol=1e-6)
+
+
+def test_quantize_measures_the_runtime_first_and_falls_back_only_when_it_misses(outlier_ckpt, calib_dir, tmp_path):
+    """`siglite quantize` writes every layer in INT8 and measures it in the runtime; no simulation runs when that
+    meets the target. A target the all-INT8 model misses makes it simulate, keep the most damaging layers in
+    float32 and write the folder again, which then meets it in the runtime too."""
+    from siglite.tasks.quantize import quantize
+
+    easy = quantize(outlier_ckpt, str(calib_dir), tmp_path / "easy", num_calib=24, num_check=8,
+                    target=FidelityTarget(0.99, 0.98), progress=lambda s: None)
+    assert easy["float32_layers"] == [] and easy["fidelity"]["simulated"] == {}
+    assert "sensitivity" not in easy["timings_s"]
+    first = min(v["mean"] for k, v in easy["fidelity"]["runtime"].items() if k in ("vision_hidden", "text_pooled"))
+    strict = FidelityTarget(mean=min(0.99999, 1 - (1 - first) / 3), low=0.99)
+    lines = []
+    hard = quantize(outlier_ckpt, str(calib_dir), tmp_path / "hard", num_calib=24, num_check=8, target=strict,
+                    progress=lines.append)
+    assert any("runtime misses the fidelity target" in line for line in lines)
+    assert hard["float32_layers"] and hard["fidelity"]["simulated"]["all_quantized"]
+    runtime = {k: v for k, v in hard["fidelity"]["runtime"].items() if k in ("vision_hidden", "vision_pooled",
+                                                                              "text_pooled")}
+    print(f"\nstrict target {strict.mean:.6f}: kept {len(hard['float32_layers'])} layers in float32, runtime "
+          + ", ".join(f"{k} {v['mean']:.6f}" for k, v in runtime.items()))
+    # the simulation met it; the runtime computes the same integers (to float rounding)
+    assert all(v["mean"] >= strict.mean - 1e-5 and v["p1"] >= strict.low for v in runtime.values())
+    assert min(v["mean"] for v in runtime.values()) > first
+    sidecar = json.loads((tmp_path / "hard" / "siglite.json").read_text())
+    assert sidecar["quantization"]["float32_layers"] == hard["float32_layers"]
 
 
 @pytest.mark.parametrize("name", ["siglip-base-patch16-224", "clip-vit-base-patch32"])

@@ -14,8 +14,8 @@ matmuls, GELU, residual adds, the pooling head's probe):
   input, which has nothing to migrate into): decomposition as in LLM.int8() (Dettmers et al. 2022), with the
   channels chosen once from calibration: those channels are moved to the end of the input (fc1's rows and fc2's
   columns permuted alike) and their product is computed in float32 beside the INT8 product of the others, so the
-  dynamic range of the INT8 part no longer spans the massive values. Used only where it cuts the layer's measured
-  error `FLOAT_SLICE_GAIN`-fold, with the fewest channels (`Recipe.float_channels`) within 1.5x of the best;
+  dynamic range of the INT8 part no longer spans the massive values. The count (`Recipe.float_channels`) is the
+  fewest whose measured error is within `FLOAT_SLICE_GAIN` of the best count tried: none on layers without them;
 * sensitivity: each layer is quantized alone and the towers' output cosine is measured on held-out calibration
   inputs; if the fully quantized model misses the fidelity target, the most damaging layers go back to float32,
   one at a time, until it meets it.
@@ -88,9 +88,10 @@ RECIPES = {
     "naive": Recipe(weights="tensor", activations="static", weight_max=127, alphas=(), float_channels=(),
                     sensitivity=False),
 }
-# A float32 slice of input channels is used only where it divides the layer's INT8 error at least this much:
-# massive activations do (by orders of magnitude); elsewhere it would cost a copy of the input for little.
-FLOAT_SLICE_GAIN = 4.0
+# The fewest float32 input channels whose error is within this factor of the best count tried: massive activations
+# cut the error by orders of magnitude when their channels go to float32; elsewhere more channels gain < this and
+# none are used (a slice costs a copy of the input).
+FLOAT_SLICE_GAIN = 3.0
 
 
 @dataclass(frozen=True)
@@ -210,13 +211,15 @@ def choose_float_channels(st: InputStats, weight: torch.Tensor, recipe: Recipe) 
         keep = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
         keep[order[:k]] = False
         lo, hi = st.lo.to(x.device)[keep].min(), st.hi.to(x.device)[keep].max()
-        part = x[:, ~keep] @ w[:, ~keep].t()
-        errors[k] = layer_error(x[:, keep], w[:, keep], recipe, lo, hi, ref - part)
+        main = ref - x[:, ~keep] @ w[:, ~keep].t()  # what the INT8 part must produce
+        # relative to the whole product, so that counts compare
+        errors[k] = layer_error(x[:, keep], w[:, keep], recipe, lo, hi, main) * float(
+            main.pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
         picks[k] = order[:k]
+    # more float channels always help a little (a smaller range for the rest); massive ones help by orders of
+    # magnitude: take the fewest within FLOAT_SLICE_GAIN of the best count tried
     best = min(errors.values())
-    if errors[0] < FLOAT_SLICE_GAIN * best:
-        return picks[0], errors
-    k = min(k for k, e in errors.items() if e <= 1.5 * best)
+    k = min(k for k, e in errors.items() if e <= FLOAT_SLICE_GAIN * best)
     return picks[k], errors
 
 
@@ -305,6 +308,7 @@ class Plan:
     fidelity: dict  # simulated: {"all_quantized": ..., "final": ...}
     timings: dict
     reference: dict = dataclasses.field(default_factory=dict)  # float32 outputs on the held-out inputs (`Probe`)
+    probe: Probe | None = None  # the held-out inputs and those outputs, for `refine`
 
     def quantized(self) -> list[str]:
         return [lp.name for lp in self.layers if lp.quantized]
@@ -324,7 +328,8 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor | None, torch.T
 
 @torch.no_grad()
 def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite",
-         target: FidelityTarget | None = None, *, sensitivity_samples: int = 0, progress=None) -> Plan:
+         target: FidelityTarget | None = None, *, sensitivity_samples: int = 0, simulate: bool = True,
+         progress=None) -> Plan:
     """Calibrate, migrate outliers and choose which layers run in INT8.
 
     Args:
@@ -335,6 +340,10 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         target: fidelity the sensitivity pass keeps layers in float32 for.
         sensitivity_samples: held-out images (and texts) per sensitivity measurement; 0 (the default) skips the
             per-layer pass unless the fully quantized model misses the target.
+        simulate: measure the fully quantized model (simulated) and fall back where it misses the target
+            (`refine`). False stops after calibration and migration, every layer planned in INT8, so that the
+            caller can measure the written model in its runtime first and `refine` only if that misses the target
+            (ignored when `sensitivity_samples` asks for the per-layer pass).
         progress: optional callable(str) for progress lines.
     """
     recipe = (RECIPES[recipe] if isinstance(recipe, str) else recipe).resolved()
@@ -382,21 +391,39 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         if recipe.activations == "static":
             split = len(st.lo) - lp.float_channels
             lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
+        lp.reason = "int8"
         plans.append(lp)
     times["migration"] = time.perf_counter() - t1
 
-    # Simulate: every layer as its INT8 form, switchable one by one.
     t2 = time.perf_counter()
+    check_px = torch.from_numpy(calibration.check_pixels) if calibration.check_pixels is not None else None
+    check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
+    probe = Probe(model, check_px, check_ids, check_mask)
+    times["reference"] = time.perf_counter() - t2
+    p = Plan(model, recipe, target, plans, {}, times, probe.reference, probe)
+    if simulate or (recipe.sensitivity and sensitivity_samples):
+        refine(p, sensitivity_samples=sensitivity_samples, progress=say)
+    return p
+
+
+@torch.no_grad()
+def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
+    """Simulate `p` with every planned layer in INT8 on the held-out inputs; where it misses the target (and the
+    recipe allows), measure each layer's damage alone and return the most damaging ones to float32, one at a time,
+    until the target is met. Updates `p` in place (layers, fidelity, timings) and returns it."""
+    say = progress or log.info
+    recipe, target, probe, model, plans = p.recipe, p.target, p.probe, p.model, p.layers
+    times = p.timings
+    t2 = time.perf_counter()
+    # Simulate: every layer as its INT8 form, switchable one by one.
     sim = copy.deepcopy(model)
     wrappers = {}
     for lp in plans:
+        lp.quantized, lp.reason = True, "int8"
         parent, _, attr = lp.name.rpartition(".")
         holder = sim.get_submodule(parent)
         wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels)
         setattr(holder, attr, wrappers[lp.name])
-    check_px = torch.from_numpy(calibration.check_pixels) if calibration.check_pixels is not None else None
-    check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
-    probe = Probe(model, check_px, check_ids, check_mask)
     all_q = probe.fidelity(sim)
     say(f"all layers INT8 (simulated): {_brief(all_q)}")
     fidelity = {"all_quantized": all_q}
@@ -404,9 +431,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     need_fallback = recipe.sensitivity and not target.met(all_q)
     if recipe.sensitivity and (sensitivity_samples or need_fallback):
         n = sensitivity_samples or 4
-        small = Probe(model, check_px[:n] if check_px is not None else None,
-                      check_ids[:n] if check_ids is not None else None,
-                      check_mask[:n] if check_mask is not None else None)
+        cut = (lambda t: t[:n] if t is not None else None)
+        small = Probe(model, cut(probe.pixels), cut(probe.ids), cut(probe.mask))
         for w in wrappers.values():
             w.quantized = False
         # float prefix, computed once: a vision layer in block i changes nothing before block i
@@ -438,10 +464,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
                 break
     fidelity["final"] = final
     times["fallback"] = time.perf_counter() - t3
-    for lp in plans:
-        if lp.quantized:
-            lp.reason = "int8"
-    return Plan(model, recipe, target, plans, fidelity, times, probe.reference)
+    p.fidelity = fidelity
+    return p
 
 
 def _vision_start(name: str, model) -> int | None:

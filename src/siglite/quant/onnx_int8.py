@@ -130,3 +130,30 @@ def _plain_matmul(node) -> bool:
         return True
     return (node.op_type == "Gemm" and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
             and not _attr(node, "transA", 0))
+
+
+def narrow_weights(graph_model, weight_max: int) -> int:
+    """Re-quantize, in place, the INT8 weights `quantize_graph` wrote to at most `weight_max` in magnitude (e.g. 8-bit
+    weights to 7-bit, for a CPU whose u8 x s8 kernels saturate with 8-bit ones; `isa`): q' = round(q * r) with r =
+    weight_max / max|q| per layer, and the layer's weight scale (and, for static activations, the combined scale)
+    divided by r. Returns the number of layers changed."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph_model.graph.initializer}
+    changed = 0
+    for name, t in inits.items():
+        if not name.endswith("_int8_w"):
+            continue
+        q = numpy_helper.to_array(t).astype(np.int32)
+        top = int(np.abs(q).max()) if q.size else 0
+        if top <= weight_max:
+            continue
+        r = weight_max / top
+        t.CopyFrom(numpy_helper.from_array(np.clip(np.round(q * r), -weight_max, weight_max).astype(np.int8), name))
+        prefix = name[: -len("_w")]
+        for scale in (prefix + "_ws", prefix + "_s"):  # "_s" exists as an initializer for static activations only
+            if scale in inits:
+                a = numpy_helper.to_array(inits[scale])
+                inits[scale].CopyFrom(numpy_helper.from_array((a / r).astype(np.float32), scale))
+        changed += 1
+    return changed
