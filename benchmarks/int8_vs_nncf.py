@@ -115,10 +115,6 @@ def write_text_side(folder: Path, spec) -> None:
     from tokenizer_fixtures import make_spiece_tokenizer
 
     length = spec.text_config.max_position_embeddings
-    config = json.loads((folder / "config.json").read_text())
-    if "text_config" in config:  # save_checkpoint nests a SigLIP text tower in a SiglipModel config; flatten it
-        config = {**config.pop("text_config"), "model_type": "siglip_text_model", "architectures": ["SiglipTextModel"]}
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
     if spec.family == "clip":
         make_clip_tokenizer(folder, max_length=length)
     else:

@@ -8,6 +8,7 @@ the outputs transformers 4.57 stored beside each 4.x fixture; token ids identica
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -171,3 +172,36 @@ def test_nested_processor_wins_over_flat(tiny_spiece, tmp_path):
     (folder / PREPROCESSOR).write_text(json.dumps(flat))
     assert read_image_processor(folder)["size"]["height"] == 34
     assert siglite.load(folder).image_config.height == 34
+
+
+@pytest.mark.parametrize("spec_name", ["siglip-base-patch16-224", "clip-vit-base-patch32"])
+def test_save_checkpoint_of_a_text_only_model_is_a_flat_text_config(spec_name, tmp_path):
+    """siglite's own writer gives a single text tower the flat config transformers' *TextModel saves, which
+    transformers and siglite both load (as they do a vision-only one)."""
+    import dataclasses
+
+    import torch
+    import transformers
+
+    from siglite.checkpoints import random_model, save_checkpoint
+    from siglite.registry import get_spec
+
+    spec = get_spec(spec_name)
+    small = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2)
+    spec = dataclasses.replace(spec, text={**spec.text, **small, "vocab_size": 100},
+                               vision={**spec.vision, **small, "image_size": 32})
+    model = random_model(spec, seed=1).eval()
+    model.vision = None
+    save_checkpoint(model, tmp_path, spec)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "text_config" not in config and config["model_type"].endswith("text_model")
+    cls = getattr(transformers, config["architectures"][0])
+    ref = cls.from_pretrained(str(tmp_path)).eval()
+    ids = torch.randint(0, 100, (2, spec.text["max_position_embeddings"]))
+    ids[:, -1] = 99  # CLIP pools at the highest id (its EOS rule without eos_token_id)
+    with torch.no_grad():
+        want = ref(input_ids=ids)
+        want = want.text_embeds if hasattr(want, "text_embeds") else want.pooler_output
+        got = model.text(ids)[1]
+    print(f"\n{spec_name} text-only save: worst |d| vs {cls.__name__} {float((got - want).abs().max()):.1e}")
+    assert torch.allclose(got, want, atol=1e-4)

@@ -139,7 +139,10 @@ def hf_config(model) -> dict:
         config["vision_config"] = {"model_type": hf["vision_model_type"], **vision}
     if model.text is not None:
         config["text_config"] = {"model_type": hf["text_model_type"], **model.text.cfg.to_hf()}
-    if model.text is None:  # a vision-only config is flat, as SiglipVisionConfig saves it
-        config = {**config, **config.pop("vision_config"), "model_type": hf["vision_model_type"],
-                  "architectures": hf["vision_architectures"]}
+    if model.text is None:  # a single-tower config is flat, as SiglipVisionConfig / SiglipTextConfig save it
+        tower = config.pop("vision_config")
+        config = {**config, **tower, "model_type": hf["vision_model_type"], "architectures": hf["vision_architectures"]}
+    elif model.vision is None:
+        tower = config.pop("text_config")
+        config = {**config, **tower, "model_type": hf["text_model_type"], "architectures": hf["text_architectures"]}
     return config

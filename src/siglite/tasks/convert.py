@@ -82,11 +82,7 @@ def convert(src: str | Path, out: str | Path, *, overwrite: bool = False, revisi
     if out.exists():
         shutil.rmtree(out)
     image_processor = read_image_processor(folder) if model.vision is not None else None
-    save_checkpoint(model, out, image_config=image_processor)
-    if model.vision is None:  # a text-only checkpoint: a flat SiglipTextConfig, as SiglipTextModel saves it
-        config = json.loads((out / "config.json").read_text())
-        config = {**config.pop("text_config"), "model_type": "siglip_text_model", "architectures": ["SiglipTextModel"]}
-        (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_checkpoint(model, out, image_config=image_processor)  # single-tower models get a flat tower config
     notes = []
     if model.text is not None:
         from ..checkpoints.open_clip import tokenizer_folder
