@@ -146,16 +146,17 @@ def fake_quant_act(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
 
 
 class SimLinear(nn.Module):
-    """A linear layer that computes either in float32 or as its INT8 form in the exported graph does: the first
-    K - `float_channels` input channels as an INT8 product, the last `float_channels` in float32 (`onnx_int8`)."""
+    """A linear layer that computes either in float32 or as its INT8 form in the exported graph does (`onnx_int8`):
+    the first K - `float_channels` input channels as an INT8 product, the last `float_channels` in float32; the last
+    `float_rows` outputs wholly in float32."""
 
     def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None,
-                 float_channels: int = 0):
+                 float_channels: int = 0, float_rows: int = 0):
         super().__init__()
         recipe = recipe.resolved()
         self.linear = linear
-        self.split = linear.weight.shape[1] - float_channels
-        q, s = quantize_weight(linear.weight[:, :self.split], recipe.weights, recipe.weight_max)
+        self.rows, self.split = linear.weight.shape[0] - float_rows, linear.weight.shape[1] - float_channels
+        q, s = quantize_weight(linear.weight[:self.rows, :self.split], recipe.weights, recipe.weight_max)
         self.register_buffer("w_deq", q.float() * s[:, None])
         self.act_range = act_range if recipe.activations == "static" else None
         self.quantized = True
@@ -163,11 +164,14 @@ class SimLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantized:
             return self.linear(x)
+        w, bias = self.linear.weight, self.linear.bias
         lo, hi = self.act_range if self.act_range is not None else (None, None)
-        out = F.linear(fake_quant_act(x[..., :self.split], lo, hi), self.w_deq, self.linear.bias)
+        out = F.linear(fake_quant_act(x[..., :self.split], lo, hi), self.w_deq)
         if self.split < x.shape[-1]:
-            out = out + F.linear(x[..., self.split:], self.linear.weight[:, self.split:])
-        return out
+            out = out + F.linear(x[..., self.split:], w[:self.rows, self.split:])
+        if self.rows < w.shape[0]:
+            out = torch.cat([out, F.linear(x, w[self.rows:])], dim=-1)
+        return out if bias is None else out + bias
 
 
 # -- migration strength -----------------------------------------------------------------------------------------------
@@ -292,6 +296,7 @@ class LayerPlan:
     errors: dict  # alpha -> relative error of the layer's INT8 product on calibration rows
     act_range: tuple[float, float] | None  # static activations: calibrated (lo, hi) after migration
     float_channels: int = 0  # input channels (moved last) computed in float32 beside the INT8 product
+    float_rows: int = 0  # output channels (last) computed in float32: those a later layer's float channels are
     channel_errors: dict | None = None  # float channel count -> relative error of the layer's product
     sensitivity: dict | None = None  # output fidelity with this layer alone quantized
     reason: str = ""
@@ -388,6 +393,9 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
             if len(channels):
                 st.permute(move_channels_last(model, name, producer, channels))
                 lp.float_channels = len(channels)
+                # the producer makes them in float32 too: INT8 noise in its product would reach the massive values
+                # (a few tokens far above the rest), whose relative error the float slice exists to keep small
+                next(q for q in plans if q.name == producer).float_rows = len(channels)
         if recipe.activations == "static":
             split = len(st.lo) - lp.float_channels
             lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
@@ -422,7 +430,8 @@ def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
         lp.quantized, lp.reason = True, "int8"
         parent, _, attr = lp.name.rpartition(".")
         holder = sim.get_submodule(parent)
-        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels)
+        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels,
+                                      lp.float_rows)
         setattr(holder, attr, wrappers[lp.name])
     all_q = probe.fidelity(sim)
     say(f"all layers INT8 (simulated): {_brief(all_q)}")

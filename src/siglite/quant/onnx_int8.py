@@ -8,7 +8,8 @@ Per quantized layer ``Y = MatMul(X, W)`` (W a (K, N) initializer, the transposed
 
 with Wq INT8 and ws its (N,) or scalar scales. A layer with its last k input channels in float32 (the recipe's
 outlier slice) computes ``Slice(X, 0, K - k) -> the above with Wq[:K - k]`` plus ``MatMul(Slice(X, K - k, K),
-W[K - k:])`` in float32. This is the layout ONNX Runtime's `quantize_dynamic` writes, which
+W[K - k:])`` in float32; one with its last r output columns in float32 (the layer producing those channels)
+concatenates ``MatMul(X, W[:, N - r:])`` in float32 after the INT8 product of the others. This is the layout ONNX Runtime's `quantize_dynamic` writes, which
 its graph optimizer fuses into one ``DynamicQuantizeMatMul`` (or ``MatMulIntegerToFloat``) kernel; OpenVINO reads it
 too. Layers are found by value (an initializer equal to a layer's transposed weight), so no exporter naming scheme
 is relied on.
@@ -32,10 +33,12 @@ def _key(array: np.ndarray) -> tuple:
 
 def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe,
                    act_ranges: dict[str, tuple[float, float] | None],
-                   float_channels: dict[str, int] | None = None) -> list[str]:
+                   float_channels: dict[str, int] | None = None, float_rows: dict[str, int] | None = None
+                   ) -> list[str]:
     """Quantize, in place, the MatMuls (and Gemms) of `graph_model` (an onnx.ModelProto) whose constant right operand
     is the transposed weight of a layer in `weights` (layer name -> (N, K) float weight, as in the exported model);
-    `float_channels` (layer name -> k) keeps a layer's last k input channels in float32.
+    `float_channels` (layer name -> k) keeps a layer's last k input channels in float32, `float_rows` (layer name
+    -> r) its last r outputs.
 
     Returns:
         The names of the layers quantized; every layer of `weights` must be found exactly once.
@@ -67,12 +70,18 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
         bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
         if bias is not None:  # Gemm's C: the bias add stays float32, after the integer product
             y = p + "_nobias"
+        new_inits = []
         weight = weights[name].detach().float()
-        k = (float_channels or {}).get(name, 0)
-        split = weight.shape[1] - k
-        q, s = quantize_weight(weight[:, :split], recipe.weights, recipe.weight_max)  # (N, K - k), (N,)
+        k, r = (float_channels or {}).get(name, 0), (float_rows or {}).get(name, 0)
+        split, rows = weight.shape[1] - k, weight.shape[0] - r
+        if r:  # the float rows: X @ W[N - r:].T in float32, concatenated after the others
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(weight[rows:].t().numpy()), p + "_wr"))
+            nodes.append(helper.make_node("MatMul", [x, p + "_wr"], [p + "_yr"], p + "_mm_r"))
+            y_rows, y = y, p + "_ymain"
+        weight = weight[:rows]
+        q, s = quantize_weight(weight[:, :split], recipe.weights, recipe.weight_max)  # (N - r, K - k), (N - r,)
         scale = s.numpy().astype(np.float32) if recipe.weights == "channel" else s[:1].numpy().reshape(())
-        new_inits = [numpy_helper.from_array(np.ascontiguousarray(q.t().numpy()), p + "_w"),
+        new_inits += [numpy_helper.from_array(np.ascontiguousarray(q.t().numpy()), p + "_w"),
                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), p + "_wzp"),
                      numpy_helper.from_array(np.asarray(scale, np.float32), p + "_ws")]
         if k:  # the outlier slice: x[..., split:] @ W[:, split:].T in float32, added to the INT8 product
@@ -103,6 +112,9 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
         if k:
             nodes.append(helper.make_node("Add", [y, p + "_yf"], [y_total], p + "_add_f"))
             y = y_total
+        if r:
+            nodes.append(helper.make_node("Concat", [y, p + "_yr"], [y_rows], p + "_concat_r", axis=-1))
+            y = y_rows
         if bias is not None:
             nodes.append(helper.make_node("Add", [y, bias], [node.output[0]], p + "_bias"))
         g.initializer.extend(new_inits)
