@@ -100,6 +100,8 @@ def markdown(report: dict) -> str:
         alone = min(v["mean"] for v in lp["sensitivity"].values()) if lp.get("sensitivity") else None
         k, ch = lp.get("float_channels", 0), lp.get("channel_errors") or {}
         chs = f"{k} ({ch['0']:.2e} -> {ch[str(k)]:.2e})" if k else ("0" if ch else "")
+        if lp.get("float_rows"):
+            chs = f"{lp['float_rows']} output rows (the next layer's float channels)"
         lines.append(f"| {lp['name']} | {'int8' if lp['quantized'] else 'float32'} | {lp['alpha']} "
                      f"| {errors.get('0.0', float('nan')):.2e} | {errors[str(lp['alpha'])]:.2e} | {chs} "
                      f"| {'' if alone is None else f'{alone:.6f}'} |")
