@@ -44,6 +44,9 @@ from .stats import InputStats, collect
 log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 256  # calibration rows kept per layer for the alpha and float-channel searches
+# output channels those searches measure (per-channel weight scales make each output channel's error independent of
+# the others, so a fixed random subset estimates the layer's error without quantizing the whole matrix each time)
+SAMPLE_OUTPUTS = 256
 BATCH = 8  # images (or texts) per forward pass, as the benchmark runs them
 
 
@@ -189,12 +192,13 @@ def layer_error(x: torch.Tensor, weight: torch.Tensor, recipe: Recipe, lo=None, 
 def choose_alpha(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[float, torch.Tensor, dict]:
     """Try each migration strength on the sampled rows; returns (best alpha, its factors, error per alpha)."""
     x, w = st.sample(), weight.detach().float()
-    ref = x @ w.t()  # migration leaves the float product unchanged
+    ws = _output_sample(w, recipe)
+    ref = x @ ws.t()  # migration leaves the float product unchanged
     static = recipe.activations == "static"
 
     def error(s: torch.Tensor) -> float:
         lo, hi = ((st.lo / s).min(), (st.hi / s).max()) if static else (None, None)
-        return layer_error(x / s, w * s, recipe, lo, hi, ref)
+        return layer_error(x / s, ws * s, recipe, lo, hi, ref)
 
     return search_alpha(st.amax, w, recipe.alphas, error)
 
@@ -205,7 +209,7 @@ def choose_float_channels(st: InputStats, weight: torch.Tensor, recipe: Recipe) 
     Each count in `recipe.float_channels` is measured on the sampled rows, the INT8 part quantized over the range
     of its channels on the whole calibration set (what a batch holding a massive token spans at run time, even if
     the sample holds none). Returns (the chosen channels, possibly none; {count: relative error})."""
-    x, w = st.sample(), weight.detach().float()
+    x, w = st.sample(), _output_sample(weight.detach().float(), recipe)
     ref = x @ w.t()
     order = st.amax.argsort(descending=True).to(x.device)
     errors, picks = {}, {}
@@ -225,6 +229,15 @@ def choose_float_channels(st: InputStats, weight: torch.Tensor, recipe: Recipe) 
     best = min(errors.values())
     k = min(k for k, e in errors.items() if e <= FLOAT_SLICE_GAIN * best)
     return picks[k], errors
+
+
+def _output_sample(weight: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """`SAMPLE_OUTPUTS` fixed random rows (output channels) of a (N, K) weight with per-channel scales; all of it
+    with one scale per matrix (whose scale depends on every row)."""
+    if recipe.weights != "channel" or weight.shape[0] <= SAMPLE_OUTPUTS:
+        return weight
+    idx = torch.randperm(weight.shape[0], generator=torch.Generator().manual_seed(0))[:SAMPLE_OUTPUTS]
+    return weight[idx.to(weight.device)]
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------------------
