@@ -290,8 +290,10 @@ def test_simulation_equals_the_runtime_integer_arithmetic():
     recipes = {"siglite": (RECIPES["siglite"], 0, 0), "static": (Recipe(activations="static"), 0, 0),
                "naive (8-bit)": (RECIPES["naive"], 0, 0), "float slice": (RECIPES["siglite"], 3, 0),
                "static float slice": (Recipe(activations="static"), 3, 0), "float rows": (RECIPES["siglite"], 0, 4),
-               "float slice and rows": (RECIPES["siglite"], 3, 4)}
+               "float slice and rows": (RECIPES["siglite"], 3, 4), "per token": (RECIPES["siglite"], 0, 0),
+               "per token, slice and rows": (RECIPES["siglite"], 3, 4)}
     for name, (recipe, k, r) in recipes.items():
+        tokens = name.startswith("per token")
         w = lin.weight.detach().t().numpy()
         graph = helper.make_model(helper.make_graph(
             [helper.make_node("MatMul", ["x", "w"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])], "g",
@@ -301,10 +303,11 @@ def test_simulation_equals_the_runtime_integer_arithmetic():
              numpy_helper.from_array(lin.bias.detach().numpy(), "b")]),
             opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
         act_range = (float(x[..., :96 - k].min()), float(x[..., :96 - k].max()))
-        quantize_graph(graph, {"layer": lin.weight}, recipe, {"layer": act_range}, {"layer": k}, {"layer": r})
+        quantize_graph(graph, {"layer": lin.weight}, recipe, {"layer": act_range}, {"layer": k}, {"layer": r},
+                       {"layer"} if tokens else set())
         sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"x": x.numpy()})[0]
-        want = SimLinear(lin, recipe, act_range, k, r)(x).detach().numpy()
+        want = SimLinear(lin, recipe, act_range, k, r, tokens)(x).detach().numpy()
         deviation[name] = float(np.abs(got - want).max() / np.abs(want).max())
     print("\nruntime vs simulation, max |diff| / max |y|: " + ", ".join(f"{k} {v:.1e}" for k, v in deviation.items()))
     assert all(v <= 1e-5 for k, v in deviation.items() if "8-bit" not in k)
@@ -498,6 +501,7 @@ def test_massive_activations_meet_the_bar_with_every_linear_layer_int8(massive_c
     assert sliced == {"vision.blocks.1.mlp.fc2": 2, "vision.blocks.2.mlp.fc2": 2}, sliced
     made = {lp["name"]: lp["float_rows"] for lp in rep["layers"] if lp["float_rows"]}  # their producers
     assert made == {"vision.blocks.1.mlp.fc1": 2, "vision.blocks.2.mlp.fc1": 2}, made
+    assert {lp["name"] for lp in rep["layers"] if lp["per_token"]} == set(sliced)  # per-token scales there only
     assert "outlier input channels in float32" in (tmp_path / "int8" / "quant_report.md").read_text()
 
     reference = siglite.load(folder, device="cpu")

@@ -14,7 +14,9 @@ matmuls, GELU, residual adds, the pooling head's probe):
   input, which has nothing to migrate into): decomposition as in LLM.int8() (Dettmers et al. 2022), with the
   channels chosen once from calibration: those channels are moved to the end of the input (fc1's rows and fc2's
   columns permuted alike) and their product is computed in float32 beside the INT8 product of the others, so the
-  dynamic range of the INT8 part no longer spans the massive values. The count (`Recipe.float_channels`) is the
+  dynamic range of the INT8 part no longer spans the massive values; those layers also scale their INT8 input per
+  token, so that a massive value calibration never showed (another channel, another token) costs only its own
+  token's precision. The producer (fc1) computes the massive channels in float32 too. The count (`Recipe.float_channels`) is the
   fewest whose measured error is within `FLOAT_SLICE_GAIN` of the best count tried: none on layers without them;
 * sensitivity: each layer is quantized alone and the towers' output cosine is measured on held-out calibration
   inputs; if the fully quantized model misses the fidelity target, the most damaging layers go back to float32,
@@ -142,6 +144,14 @@ def act_qparams(lo: torch.Tensor | float, hi: torch.Tensor | float) -> tuple[tor
     return scale, zero_point
 
 
+def fake_quant_rows(x: torch.Tensor) -> torch.Tensor:
+    """What per-token (per-row) symmetric quantization turns `x` into: each row over its own max |x| in 127 steps
+    (UINT8 around a fixed zero point 128, as `onnx_int8` writes it: ONNX Runtime's MatMulInteger takes one zero
+    point per tensor only)."""
+    scale = (x.abs().amax(dim=-1, keepdim=True) / 127).clamp_min(1e-30)
+    return torch.clamp(torch.round(x / scale), -127, 127) * scale
+
+
 def fake_quant_act(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
     """What UINT8 quantization turns `x` into: over its own min/max (dynamic) or a calibrated [lo, hi] (static)."""
     scale, zp = act_qparams(x.min() if lo is None else lo, x.max() if hi is None else hi)
@@ -154,10 +164,11 @@ class SimLinear(nn.Module):
     `float_rows` outputs wholly in float32."""
 
     def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None,
-                 float_channels: int = 0, float_rows: int = 0):
+                 float_channels: int = 0, float_rows: int = 0, per_token: bool = False):
         super().__init__()
         recipe = recipe.resolved()
         self.linear = linear
+        self.per_token = per_token
         self.rows, self.split = linear.weight.shape[0] - float_rows, linear.weight.shape[1] - float_channels
         q, s = quantize_weight(linear.weight[:self.rows, :self.split], recipe.weights, recipe.weight_max)
         self.register_buffer("w_deq", q.float() * s[:, None])
@@ -169,7 +180,8 @@ class SimLinear(nn.Module):
             return self.linear(x)
         w, bias = self.linear.weight, self.linear.bias
         lo, hi = self.act_range if self.act_range is not None else (None, None)
-        out = F.linear(fake_quant_act(x[..., :self.split], lo, hi), self.w_deq)
+        xi = x[..., :self.split]
+        out = F.linear(fake_quant_rows(xi) if self.per_token else fake_quant_act(xi, lo, hi), self.w_deq)
         if self.split < x.shape[-1]:
             out = out + F.linear(x[..., self.split:], w[:self.rows, self.split:])
         if self.rows < w.shape[0]:
@@ -310,6 +322,7 @@ class LayerPlan:
     act_range: tuple[float, float] | None  # static activations: calibrated (lo, hi) after migration
     float_channels: int = 0  # input channels (moved last) computed in float32 beside the INT8 product
     float_rows: int = 0  # output channels (last) computed in float32: those a later layer's float channels are
+    per_token: bool = False  # activations quantized per token (row) rather than per tensor
     channel_errors: dict | None = None  # float channel count -> relative error of the layer's product
     sensitivity: dict | None = None  # output fidelity with this layer alone quantized
     reason: str = ""
@@ -406,6 +419,9 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
             if len(channels):
                 st.permute(move_channels_last(model, name, producer, channels))
                 lp.float_channels = len(channels)
+                # a layer that hosts massive activations may meet ones calibration never showed (other channels,
+                # other tokens): one scale per token keeps such a token from taking every other token's precision
+                lp.per_token = recipe.activations == "dynamic"
                 # the producer makes them in float32 too: INT8 noise in its product would reach the massive values
                 # (a few tokens far above the rest), whose relative error the float slice exists to keep small
                 next(q for q in plans if q.name == producer).float_rows = len(channels)
@@ -444,7 +460,7 @@ def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
         parent, _, attr = lp.name.rpartition(".")
         holder = sim.get_submodule(parent)
         wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels,
-                                      lp.float_rows)
+                                      lp.float_rows, lp.per_token)
         setattr(holder, attr, wrappers[lp.name])
     all_q = probe.fidelity(sim)
     say(f"all layers INT8 (simulated): {_brief(all_q)}")

@@ -33,12 +33,12 @@ def _key(array: np.ndarray) -> tuple:
 
 def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe,
                    act_ranges: dict[str, tuple[float, float] | None],
-                   float_channels: dict[str, int] | None = None, float_rows: dict[str, int] | None = None
-                   ) -> list[str]:
+                   float_channels: dict[str, int] | None = None, float_rows: dict[str, int] | None = None,
+                   per_token: set[str] | frozenset = frozenset()) -> list[str]:
     """Quantize, in place, the MatMuls (and Gemms) of `graph_model` (an onnx.ModelProto) whose constant right operand
     is the transposed weight of a layer in `weights` (layer name -> (N, K) float weight, as in the exported model);
     `float_channels` (layer name -> k) keeps a layer's last k input channels in float32, `float_rows` (layer name
-    -> r) its last r outputs.
+    -> r) its last r outputs; the layers in `per_token` quantize their input with one scale per token (row).
 
     Returns:
         The names of the layers quantized; every layer of `weights` must be found exactly once.
@@ -94,7 +94,9 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
                       helper.make_node("MatMul", [p + "_xf", p + "_wf"], [p + "_yf"], p + "_mm_f")]
             x = p + "_xi"
             y_total, y = y, p + "_yi"
-        if recipe.activations == "dynamic":
+        if name in per_token:
+            quant = _per_token_quant(helper, TensorProto, x, p)
+        elif recipe.activations == "dynamic":
             quant = [helper.make_node("DynamicQuantizeLinear", [x], [p + "_xq", p + "_xs", p + "_xzp"], p + "_dql"),
                      helper.make_node("Mul", [p + "_xs", p + "_ws"], [p + "_s"], p + "_scale")]
         else:
@@ -104,11 +106,14 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
                           numpy_helper.from_array((float(xs) * np.asarray(scale, np.float32)).astype(np.float32),
                                                   p + "_s")]
             quant = [helper.make_node("QuantizeLinear", [x, p + "_xs", p + "_xzp"], [p + "_xq"], p + "_ql")]
+        tokens = name in per_token
         nodes += quant + [
             helper.make_node("MatMulInteger", [p + "_xq", p + "_w", p + "_xzp", p + "_wzp"], [p + "_acc"], p + "_mm"),
             helper.make_node("Cast", [p + "_acc"], [p + "_accf"], p + "_cast", to=TensorProto.FLOAT),
-            helper.make_node("Mul", [p + "_accf", p + "_s"], [y], p + "_out"),
+            helper.make_node("Mul", [p + "_accf", p + "_s"], [p + "_yw" if tokens else y], p + "_out"),
         ]
+        if tokens:
+            nodes.append(helper.make_node("Mul", [p + "_yw", p + "_xs"], [y], p + "_out_rows"))
         if k:
             nodes.append(helper.make_node("Add", [y, p + "_yf"], [y_total], p + "_add_f"))
             y = y_total
@@ -128,6 +133,37 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
     for t in unused:
         g.initializer.remove(t)
     return sorted(found)
+
+
+def _per_token_quant(helper, TensorProto, x: str, p: str) -> list:
+    """Nodes quantizing `x` (..., K) per token, symmetric: s = max|x_row| / 127 (..., 1), xq = uint8(round(x / s) +
+    128), with outputs p_xq, p_xzp (the scalar 128), p_s (ws: the weight scales) and p_xs (the row scales, which
+    the caller multiplies in after those: ONNX Runtime's fusion of the integer matmul with one (..., N) scale
+    tensor does not compute it as written). Plain ONNX ops, as both ONNX Runtime and OpenVINO run them (ONNX
+    Runtime's MatMulInteger rejects per-row zero points)."""
+    from onnx import numpy_helper
+
+    consts = [helper.make_node("Constant", [], [p + "_c127"], p + "_k127",
+                               value=numpy_helper.from_array(np.asarray(127.0, np.float32))),
+              helper.make_node("Constant", [], [p + "_ctiny"], p + "_ktiny",
+                               value=numpy_helper.from_array(np.asarray(1e-30, np.float32))),
+              helper.make_node("Constant", [], [p + "_c128"], p + "_k128",
+                               value=numpy_helper.from_array(np.asarray(128.0, np.float32))),
+              helper.make_node("Constant", [], [p + "_xzp"], p + "_kzp",
+                               value=numpy_helper.from_array(np.asarray(128, np.uint8))),
+              helper.make_node("Constant", [], [p + "_axes"], p + "_kaxes",
+                               value=numpy_helper.from_array(np.asarray([-1], np.int64)))]
+    return consts + [
+        helper.make_node("Abs", [x], [p + "_abs"], p + "_absn"),
+        helper.make_node("ReduceMax", [p + "_abs", p + "_axes"], [p + "_amax"], p + "_amaxn", keepdims=1),
+        helper.make_node("Div", [p + "_amax", p + "_c127"], [p + "_xs0"], p + "_xs0n"),
+        helper.make_node("Max", [p + "_xs0", p + "_ctiny"], [p + "_xs"], p + "_xsn"),
+        helper.make_node("Div", [x, p + "_xs"], [p + "_xd"], p + "_xdn"),
+        helper.make_node("Round", [p + "_xd"], [p + "_xr"], p + "_xrn"),
+        helper.make_node("Add", [p + "_xr", p + "_c128"], [p + "_xo"], p + "_xon"),
+        helper.make_node("Cast", [p + "_xo"], [p + "_xq"], p + "_xqn", to=TensorProto.UINT8),
+        helper.make_node("Identity", [p + "_ws"], [p + "_s"], p + "_scale"),  # the row scales are applied after
+    ]
 
 
 def _attr(node, name: str, default):
