@@ -28,7 +28,8 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
              recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 256,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
              sensitivity_samples: int = 4, revision: str | None = None, allow_pickle: bool = False,
-             progress=None, layer: int | list[int] | None = None, post_norm: bool = False) -> dict:
+             progress=None, layer: int | list[int] | None = None, post_norm: bool = False,
+             max_num_patches: int | None = None) -> dict:
     """Post-training INT8 quantization of a checkpoint's towers (see `siglite.quant.int8` for the recipe).
 
     Args:
@@ -50,15 +51,18 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         layer: cut the vision tower at this layer first (see `siglite.export.export`): only the blocks up to it are
             calibrated, quantized and written, and fidelity is measured on that layer's tokens.
         post_norm: apply the final LayerNorm to the cut layer.
+        max_num_patches: SigLIP 2 NaFlex models: the fixed patch budget the INT8 vision graph runs at (default: the
+            checkpoint's image processor's, 256 for the hub checkpoints); calibration images are cut into at most
+            that many patches at their own aspect ratio and padded to it. An error for fixed-resolution models.
 
     Returns:
         The report (also written as ``quant_report.json`` and ``.md`` in `out`).
     """
-    from ..export import build_sidecar, cut_model, export_onnx_graphs, prepare_folder
+    from ..export import build_sidecar, cut_model, export_onnx_graphs, naflex_patch_budget, prepare_folder
     from ..checkpoints import resolve
     from ..checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
     from ..heads import load_network
-    from ..preprocess.image import ImageConfig
+    from ..preprocess.naflex import image_config_from_hf
 
     if engine not in ENGINES:
         raise SigliteError(f"unknown INT8 engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -71,30 +75,30 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     t0 = time.perf_counter()
     source = resolve(model, revision=revision)
     net = cut_model(load_network(source, allow_pickle=allow_pickle), layer, post_norm)
-    if net.vision is not None and net.vision.cfg.variable_resolution:
-        raise SigliteError(f"{model}: INT8 quantization of SigLIP 2 NaFlex (variable resolution) is not supported yet; "
-                           "export it in float32 (siglite export) instead")
+    num_patches = naflex_patch_budget(net, source, max_num_patches)  # NaFlex: the graph's fixed budget; else None
     if hasattr(net, "classifier"):  # a fine-tuned classifier: its logits, not the unused pooling head
         from ..heads import without_pooling_head
 
         net = without_pooling_head(net)
-    image_config = ImageConfig.from_hf(read_image_processor(source)) if net.vision is not None else None
+    image_config = image_config_from_hf(read_image_processor(source)) if net.vision is not None else None
     tokenizer = load_tokenizer(source, net.text.cfg.max_position_embeddings) if net.text is not None else None
     cal = prepare(calib, image_config, num_images=num_calib, num_check=num_check, texts=calib_texts,
-                  num_texts=num_texts, preprocess=preprocess)
+                  num_texts=num_texts, preprocess=preprocess, max_num_patches=num_patches)
     t_read = time.perf_counter() - t0
 
     p = plan(net, cal, tokenizer, recipe, target, sensitivity_samples=sensitivity_samples, progress=say)
 
     t1 = time.perf_counter()
     out = prepare_folder(out, source)
-    graphs = export_onnx_graphs(p.model, out)
+    graphs = export_onnx_graphs(p.model, out, num_patches=num_patches)
     write_int8_graphs(p, out, graphs["files"])
     t_export = time.perf_counter() - t1
     kept = [lp.name for lp in p.layers if not lp.quantized]
     isa = detect()
     summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
                "weight_max": p.recipe.weight_max, "cpu_isa": isa.name, "report": report_mod.REPORT_JSON}
+    if num_patches is not None:  # NaFlex: calibrated, measured and exported at this patch budget
+        summary["max_num_patches"] = num_patches
     sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
                             quantization=summary)
     sidecar.engine = engine
@@ -110,7 +114,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
 
     info = p.to_dict()
     rep = {"model": str(model), "output": str(out), "engine": engine, "precision": "int8",
-           "vision_layer": sidecar.vision_layer, "post_norm": sidecar.post_norm,
+           "vision_layer": sidecar.vision_layer, "post_norm": sidecar.post_norm, "max_num_patches": num_patches,
            "recipe_name": recipe_name, "recipe": info["recipe"], "target": info["target"],
            "calibration": {**cal.describe(), "preprocess": preprocess, "failures": cal.failures[:20]},
            "layers": info["layers"], "float32_layers": kept,
@@ -141,6 +145,11 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
             data.unlink(missing_ok=True)
 
 
+def _grids(batch) -> dict:
+    """The engine keyword that carries NaFlex patch grids (none for fixed-size pixels)."""
+    return {} if batch.spatial_shapes is None else {"spatial_shapes": batch.spatial_shapes.numpy()}
+
+
 def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, tokenizer) -> dict:
     """Fidelity of the written folder, served by `engine`, against the float32 torch model on the held-out inputs:
     cosine summaries per output and zero-shot top-1 agreement (held-out images ranked against held-out texts)."""
@@ -155,11 +164,12 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
     taps = {"layer": sc.vision_layer, "post_norm": sc.post_norm} if sc.vision_layer is not None else {}
     with torch.inference_mode():
         if cal.check_pixels is not None and reference.vision is not None:
-            got = [served.encode_image(cal.check_pixels[i:i + BATCH], tokens=True, **taps)
-                   for i in range(0, len(cal.check_pixels), BATCH)]
-            ref = [reference.vision(torch.from_numpy(cal.check_pixels[i:i + BATCH]))
-                   for i in range(0, len(cal.check_pixels), BATCH)]
-            out["vision_hidden"] = cosine_summary(torch.cat([r[0] for r in ref]), np.concatenate([g[1] for g in got]))
+            # NaFlex: patches padded to the graph's budget + their grids; padded tokens zeroed before comparing
+            batches = list(cal.check_images.batches(BATCH))
+            got = [served.encode_image(b.pixels.numpy(), tokens=True, **taps, **_grids(b)) for b in batches]
+            ref = [b.forward(reference.vision) for b in batches]
+            out["vision_hidden"] = cosine_summary(torch.cat([b.real_tokens(r[0]) for b, r in zip(batches, ref)]),
+                                                  np.concatenate([b.real_tokens(g[1]) for b, g in zip(batches, got)]))
             if reference.vision.head is not None:
                 ref_pooled = torch.cat([r[1] for r in ref]).numpy()
                 got_pooled = np.concatenate([g[0] for g in got])
