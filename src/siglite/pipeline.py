@@ -191,8 +191,8 @@ class Model:
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
             raise SigliteError(f"max_num_patches must be a positive int, got {budget!r}")
         if pad_to is not None and budget > pad_to:
-            raise SigliteError(f"{self.name}: this engine was exported for max_num_patches={pad_to}; "
-                               f"{budget} does not fit")
+            raise SigliteError(f"{self.name}: this engine runs at a fixed max_num_patches={pad_to} (an export's, or "
+                               f"the cuda engine's); {budget} does not fit")
         return int(budget)
 
     def _encode_patches(self, chunk: list, tokens: bool, on_error: str, max_num_patches: int | None, taps: dict):
