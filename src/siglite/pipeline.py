@@ -112,10 +112,13 @@ class Model:
         """What this model is: towers, preprocessing, tokenizer, engine (for `siglite info` and sidecars)."""
         towers = {k: {f: v[f] for f in fields if v.get(f) is not None} for k, fields in TOWER_FIELDS.items()
                   if isinstance(v := self.config.get(k), dict)}
+        image = self.image_config.to_dict() if self.image_config else None
+        if isinstance(self.image_config, naflex.NaflexConfig):  # the budget calls run at, not only the checkpoint's
+            image["max_num_patches"] = self.patch_budget()
         return {
             "name": self.name, "folder": str(self.folder), "engine": self.engine.name,
             "precision": self.engine.precision, "model_type": self.config.get("model_type"), **towers,
-            "image": self.image_config.to_dict() if self.image_config else None,
+            "image": image,
             "tokenizer": self.tokenizer.settings() if self.tokenizer else None, "text_mask": self.text_mask,
             "logit_scale": self.engine.logit_scale, "logit_bias": self.engine.logit_bias,
             "logits": self.logit_kind,
