@@ -1,7 +1,7 @@
 """SigLIP 2 NaFlex beyond the torch engine, at a fixed patch budget: INT8 quantization (calibrated on patches at the
 images' own aspect ratios; served by ONNX Runtime and OpenVINO), `siglite bench` with transformers'
 Siglip2VisionModel as the reference, the cuda engine's code path on the CPU, and the CLI's --max-num-patches.
-Every comparison is against float32 torch (itself equal to transformers, tests/test_naflex.py) and prints its numbers."""
+Every comparison is against float32 torch (itself equal to transformers, tests/test_naflex.py) and prints numbers."""
 
 from __future__ import annotations
 
@@ -233,8 +233,8 @@ def test_cuda_engine_runs_naflex_on_cpu(folder, fp32, images, precision, atol, g
         ref = fp32.image_features(images, max_num_patches=budget)
         tokens = [np.abs(a - b).max() for a, b in zip(model.image_features(images, tokens=True, max_num_patches=budget),
                                                       fp32.image_features(images, tokens=True, max_num_patches=budget))]
-        print(f"cuda-on-cpu {precision} graphs={graphs} budget {budget}: pooled worst |Δ| {np.abs(got - ref).max():.2e}"
-              f", cosine min {cosine_rows(ref, got).min():.6f}; tokens worst |Δ| {max(tokens):.2e}")
+        print(f"cuda-on-cpu {precision} graphs={graphs} budget {budget}: pooled worst |Δ| "
+              f"{np.abs(got - ref).max():.2e}, cosine min {cosine_rows(ref, got).min():.6f}; tokens worst |Δ| {max(tokens):.2e}")
         assert np.abs(got - ref).max() <= atol and cosine_rows(ref, got).min() >= 0.999
     with pytest.raises(SigliteError, match="fixed max_num_patches=64"):
         model.image_features(images[:1], max_num_patches=100)

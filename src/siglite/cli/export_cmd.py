@@ -2,8 +2,8 @@
 
 import argparse
 
-from .common import (add_layer_args, add_max_num_patches_arg, add_overwrite_arg, add_quiet_arg, check_output_folder, emit,
-                     layer_value, warn)
+from .common import (add_layer_args, add_max_num_patches_arg, add_overwrite_arg, add_quiet_arg, check_output_folder,
+                     emit, layer_value, warn)
 
 EPILOG = """examples:
   siglite export --model google/siglip-base-patch16-224 --graph-format onnx --out siglip-onnx

@@ -8,8 +8,9 @@ the seed's two numbers (``shared/seeds/002_54a2fa41193a2260.txt``: model time an
 * ``e2e``: decode + preprocess + encode from encoded image files or bytes (synthetic 640x480 JPEGs by default).
 
 ``baseline="transformers"`` times the reference (``SiglipVisionModel``, sdpa attention, same dtype, same pixels,
-``torch.inference_mode``; ``Siglip2VisionModel`` for SigLIP 2 NaFlex) in the same run; each record then carries ``ratio_vs_transformers`` = the reference's
-median latency / its median latency at the same precision, batch size and mode (> 1: faster than the reference).
+``torch.inference_mode``; ``Siglip2VisionModel`` for SigLIP 2 NaFlex) in the same run; each record then carries
+``ratio_vs_transformers`` = the reference's median latency / its median latency at the same precision, batch size
+and mode (> 1: faster than the reference).
 
 Peak memory (``peak_memory_mb``) is what the timed run added on top of what was held before it: on CUDA
 ``torch.cuda.max_memory_allocated`` minus the allocation before; on CPU the peak resident set size (Linux ``VmHWM``,
