@@ -279,3 +279,21 @@ def test_cli_max_num_patches(folder, fp32, images, tiny_spiece, sample_images, t
     for cmd in (["encode"], ["embed"], ["eval", "zeroshot"], ["classify"], ["bench"], ["quantize"], ["export"]):
         main([*cmd, "--help"])
         assert "--max-num-patches" in capsys.readouterr().out, cmd
+
+
+def test_eval_fidelity_of_the_int8_folder(folder, quantized, images, tmp_path, capsys):
+    """`siglite eval fidelity` on NaFlex: both models at the candidate's budget (the INT8 graph's, or a smaller
+    --max-num-patches), each image's own tokens compared."""
+    for i, img in enumerate(images):
+        img.save(tmp_path / f"{i}.png")
+    for extra, want in (([], BUDGET), (["--max-num-patches", "16"], 16)):
+        capsys.readouterr()
+        assert main(["eval", "fidelity", "--model", str(folder), "--device", "cpu", "--candidate", str(quantized),
+                     "--candidate-engine", "onnxruntime", "--images", str(tmp_path), "--format", "json", "--quiet",
+                     *extra]) == 0
+        rec = json.loads(capsys.readouterr().out)
+        with capsys.disabled():
+            print(f"\neval fidelity budget {want}: tokens cosine mean {rec['hidden_cosine_mean']:.5f} / 1%-low "
+                  f"{rec['hidden_cosine_p1']:.5f}, pooled {rec['pooled_cosine_mean']:.5f}")
+        assert rec["n"] == len(images) and rec["hidden_cosine_p1"] >= BAR["low"]
+        assert rec["pooled_cosine_mean"] >= BAR["mean"]
