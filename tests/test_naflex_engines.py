@@ -276,7 +276,11 @@ def test_cli_max_num_patches(folder, fp32, images, tiny_spiece, sample_images, t
         assert main([*argv, "--out", str(tmp_path / "x.npy" if argv[0] == "encode" else tmp_path / "x")]) == code
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and what in err, err
-    for cmd in (["encode"], ["embed"], ["eval", "zeroshot"], ["classify"], ["bench"], ["quantize"], ["export"]):
+    assert main(["serve", "--model", str(tiny_spiece), "--max-num-patches", "16"]) == 1  # before binding a port
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NaFlex" in err, err
+    for cmd in (["encode"], ["embed"], ["eval", "zeroshot"], ["eval", "fidelity"], ["classify"], ["bench"],
+                ["quantize"], ["export"], ["serve"]):
         main([*cmd, "--help"])
         assert "--max-num-patches" in capsys.readouterr().out, cmd
 
@@ -297,3 +301,39 @@ def test_eval_fidelity_of_the_int8_folder(folder, quantized, images, tmp_path, c
                   f"{rec['hidden_cosine_p1']:.5f}, pooled {rec['pooled_cosine_mean']:.5f}")
         assert rec["n"] == len(images) and rec["hidden_cosine_p1"] >= BAR["low"]
         assert rec["pooled_cosine_mean"] >= BAR["mean"]
+
+
+# -- serve -----------------------------------------------------------------------------------------------------------
+
+
+def test_serve_embeds_naflex_images(folder, quantized, fp32, images):
+    """`siglite serve` (the local app) on a NaFlex model at a chosen budget and on the INT8 folder: each image is
+    patchified at its aspect ratio, a batch padded (to the graph's budget for the INT8 one); the embeddings equal the
+    library's."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import httpx
+    from test_serve import ThreadServer, data_uri, png_bytes, wait_ready
+
+    from siglite.cli.common import apply_max_num_patches
+    from siglite.serve.app import ServeSettings, build_local_app
+
+    small = apply_max_num_patches(siglite.load(folder, device="cpu"), 16)
+    int8 = siglite.load(quantized)
+    srv = ThreadServer(build_local_app({"nf": small, "nf8": int8}, ServeSettings(max_batch_size=4, workers=1))).start()
+    try:
+        wait_ready(srv.url)
+        body = [data_uri(png_bytes(img)) for img in images]
+        for name, want in (("nf", fp32.image_features(images, max_num_patches=16)),
+                           ("nf8", int8.image_features(images))):
+            r = httpx.post(f"{srv.url}/v1/embeddings", json={"model": name, "input": body, "modality": "image",
+                                                              "encoding_format": "float"}, timeout=60)
+            assert r.status_code == 200, r.text
+            got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+            want = want / np.linalg.norm(want, axis=1, keepdims=True)  # the API returns unit vectors by default
+            print(f"serve {name}: worst |Δ| vs the library {np.abs(got - want).max():.2e}")
+            if name == "nf":
+                assert np.abs(got - want).max() < 1e-4
+            else:  # INT8 activation scales are per batch (dynamic): the server batches 4 + 1, the library 5
+                assert cosine_rows(want, got).min() >= 0.999
+    finally:
+        srv.stop()
