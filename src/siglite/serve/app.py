@@ -135,6 +135,8 @@ class ServedModel:
         cfg = self.model.config
         if modality == "text":
             return int((cfg.get("text_config") or {}).get("max_position_embeddings") or 0)
+        if isinstance(self.model.image_config, naflex.NaflexConfig):  # at most the budget (a batch is padded to it)
+            return self.model.patch_budget()
         vc = cfg.get("vision_config") or cfg
         size, patch = vc.get("image_size"), vc.get("patch_size")
         return int((size // patch) ** 2) if size and patch else 0
