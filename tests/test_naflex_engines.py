@@ -92,7 +92,7 @@ def test_int8_serves_aspect_ratios(runtime, quantized, fp32, images, capsys):
         served.image_features(images, max_num_patches=64)
 
 
-def test_int8_report_and_sidecar_record_the_budget(quantized):
+def test_int8_report_and_sidecar_record_the_budget(quantized, calib_dir, fp32):
     sidecar = json.loads((quantized / "siglite.json").read_text())
     assert sidecar["precision"] == "int8" and sidecar["inputs"]["vision"] == ["pixel_values", "spatial_shapes"]
     assert sidecar["dims"]["num_patches"] == BUDGET and sidecar["quantization"]["max_num_patches"] == BUDGET
@@ -102,8 +102,14 @@ def test_int8_report_and_sidecar_record_the_budget(quantized):
     runtime = report["fidelity"]["runtime"]
     assert {"vision_hidden", "vision_pooled", "text_pooled", "zero_shot_top1_agreement"} <= set(runtime)
     assert runtime["vision_hidden"]["p1"] >= BAR["low"] and runtime["vision_pooled"]["mean"] >= BAR["mean"]
-    # the simulation the plan measured is the runtime's arithmetic: the same numbers, to rounding
-    sim = report["fidelity"]["simulated"]["final"]
+    # the plan's simulation (same calibration, every layer INT8 as written: none was kept in float32) is the
+    # runtime's arithmetic: the same numbers, to rounding
+    from siglite.quant.calib import prepare
+    from siglite.quant.int8 import plan
+
+    assert report["float32_layers"] == []
+    cal = prepare(calib_dir, fp32.image_config, num_images=9, num_check=6, max_num_patches=BUDGET)
+    sim = plan(fp32.engine.model, cal, fp32.tokenizer, "siglite").fidelity["all_quantized"]
     for key in ("vision_hidden", "vision_pooled"):
         assert abs(sim[key]["mean"] - runtime[key]["mean"]) < 2e-4, (key, sim[key], runtime[key])
     assert f"NaFlex patch budget {BUDGET}" in (quantized / "quant_report.md").read_text()

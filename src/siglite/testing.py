@@ -59,33 +59,58 @@ def massive_channels(model, block: int = 1, channels=(3, 17), factor: float = 1e
     return model
 
 
+def _call(tower, inputs):
+    """Run a tower on `inputs`: a tensor (pixels, or token ids) or a tuple of positional tensors ((ids, mask))."""
+    return tower(*inputs) if isinstance(inputs, (tuple, list)) else tower(inputs)
+
+
 @torch.no_grad()
-def massive_fc2_inputs(model: Siglip, pixels: torch.Tensor, *, blocks=None, channels: int = 2,
+def fc2_input_ratios(model: Siglip, inputs, *, tower: str = "vision", blocks=None) -> dict[int, float]:
+    """max / median |fc2 input| per block of `model.<tower>` on `inputs` (pixels for "vision"; token ids or
+    (ids, mask) for "text"), over every position the tower computes. `blocks` defaults to all of them."""
+    net = getattr(model, tower)
+    blocks = range(len(net.blocks)) if blocks is None else blocks
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [net.blocks[b].mlp.fc2.register_forward_hook(lambda _m, a, _o, b=b: seen.__setitem__(b, a[0].abs()))
+             for b in blocks]
+    try:
+        _call(net, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {b: float(seen[b].max() / seen[b].median()) for b in blocks}
+
+
+@torch.no_grad()
+def massive_fc2_inputs(model: Siglip, pixels, *, blocks=None, channels: int = 2,
                        ratio: tuple[float, float] = (450.0, 1900.0), token_quantile: float = 0.995,
-                       seed: int = 0) -> dict[int, float]:
-    """Give the fc2 inputs of the middle vision blocks 'massive activations': in `channels` hidden channels per block
-    only a few tokens fire (fc1's bias is shifted so that the top 1 - `token_quantile` of tokens on `pixels` pass the
-    GELU), and those are scaled so that the largest |fc2 input| is `ratio` (drawn in the range) times the median
+                       seed: int = 0, tower: str = "vision") -> dict[int, float]:
+    """Give the fc2 inputs of the middle blocks of a tower 'massive activations': in `channels` hidden channels per
+    block only a few tokens fire (fc1's bias is shifted so that the top 1 - `token_quantile` of tokens on `pixels` pass
+    the GELU), and those are scaled so that the largest |fc2 input| is `ratio` (drawn in the range) times the median
     |fc2 input| of the block; fc2's matching input columns are divided by the same factor. That is the pattern trained
     ViTs show (Sun et al., "Massive activations in LLMs", also in ViTs): a few tokens hundreds to thousands of times
     larger than the rest, in a few channels. Changes the function (fp32 is the reference). `blocks` defaults to the
-    middle half (3..8 of 12). Returns block -> measured max/median |fc2 input| on `pixels` after all changes."""
-    tower = model.vision
-    n = len(tower.blocks)
+    middle half (3..8 of 12). Returns block -> measured max/median |fc2 input| on `pixels` after all changes.
+
+    `tower` "vision" (default; `pixels` are images) or "text": then `pixels` are the token ids, or a tuple (ids, mask)
+    as the text tower takes them. Statistics run over every position the tower computes, padding included (SigLIP
+    pools the last position, which is usually padding)."""
+    net = getattr(model, tower)
+    n = len(net.blocks)
     blocks = list(range(n // 4, n - n // 4)) if blocks is None else list(blocks)
     gen = torch.Generator().manual_seed(seed)
     seen: dict[int, torch.Tensor] = {}
 
-    def hook(i):
-        return lambda _m, args, out: seen.__setitem__(i, args[0].detach())
-
     for b in blocks:  # in order: each change alters the inputs of the later blocks
-        mlp = tower.blocks[b].mlp
+        mlp = net.blocks[b].mlp
         h = mlp.fc1.register_forward_hook(lambda _m, _a, out: seen.__setitem__(-1, out.detach()))
-        g = mlp.fc2.register_forward_hook(hook(b))
-        tower(pixels)
-        h.remove()
-        g.remove()
+        g = mlp.fc2.register_forward_hook(lambda _m, args, _o, b=b: seen.__setitem__(b, args[0].detach()))
+        try:
+            _call(net, pixels)
+        finally:
+            h.remove()
+            g.remove()
         pre, post = seen[-1].flatten(0, -2), seen[b].flatten(0, -2)
         median = post.abs().median()
         idx = torch.randperm(pre.shape[1], generator=gen)[:channels]
@@ -97,8 +122,4 @@ def massive_fc2_inputs(model: Siglip, pixels: torch.Tensor, *, blocks=None, chan
             mlp.fc1.bias[c] = (mlp.fc1.bias[c] - q) * factor
             mlp.fc1.weight[c] *= factor
             mlp.fc2.weight[:, c] /= factor
-    hooks = [tower.blocks[b].mlp.fc2.register_forward_hook(hook(b)) for b in blocks]
-    tower(pixels)
-    for h in hooks:
-        h.remove()
-    return {b: float(seen[b].abs().max() / seen[b].abs().median()) for b in blocks}
+    return fc2_input_ratios(model, pixels, tower=tower, blocks=blocks)

@@ -14,6 +14,8 @@ once and cached, when asked for a graph engine on a plain checkpoint).
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -48,11 +50,14 @@ class GraphEngine:
             raise SigliteError(f"{self.folder}: exported in {self.sidecar.precision}; its precision is fixed at "
                                f"export time (asked for {dtype})")
         self.precision = self.sidecar.precision
-        _check_weight_range(self.folder, self.sidecar.quantization)
+        narrow = _narrow_to(self.folder, self.sidecar.quantization)
         self.logit_scale = self.sidecar.logit_scale
         self.logit_bias = self.sidecar.logit_bias
         self.logit_kind = self.sidecar.logits
-        self.graphs = {tower: self._load(self.folder / name) for tower, name in self.sidecar.files.items()}
+        self.graphs = {}
+        for tower, name in self.sidecar.files.items():
+            with _servable(self.folder / name, narrow) as path:
+                self.graphs[tower] = self._load(path)
         # NaFlex: the vision graph's fixed patch budget; the pipeline pads every batch to it
         self.num_patches = self.sidecar.dims.get("num_patches")
 
@@ -112,17 +117,41 @@ class GraphEngine:
         return self._run("text", {"input_ids": ids, "attention_mask": mask}, ["pooler_output"])[0]
 
 
-def _check_weight_range(folder: Path, quantization: dict | None) -> None:
-    """Warn when INT8 weights use the full 8-bit range on a CPU whose u8*s8 kernels can saturate (see
-    `siglite.quant.isa`): the results are then not what the quantization measured."""
+def _narrow_to(folder: Path, quantization: dict | None) -> int | None:
+    """The weight range to serve INT8 weights in on this CPU: None (as stored) unless they use the full 8-bit range
+    and this CPU's u8*s8 kernels can saturate (see `siglite.quant.isa`), where they are re-quantized to 7 bits at
+    load time (exact there; one bit of weight precision less than the 8-bit model measured), with a warning."""
     wmax = (quantization or {}).get("weight_max")
     if wmax is None or wmax <= SAFE_WEIGHT_MAX:
-        return
+        return None
     isa = detect()
-    if not isa.exact:
-        warnings.warn(f"{folder}: INT8 weights use the full 8-bit range (quantized for {quantization.get('cpu_isa')}), "
-                      f"but this CPU ({isa.name}) can saturate u8*s8 pair sums, so accuracy drops; quantize again on "
-                      f"this CPU (or with SIGLITE_CPU_ISA={isa.name}) for 7-bit weights", stacklevel=3)
+    if isa.exact:
+        return None
+    warnings.warn(f"{folder}: INT8 weights use the full 8-bit range (quantized for {quantization.get('cpu_isa')}), "
+                  f"but this CPU ({isa.name}) can saturate u8*s8 pair sums: serving them re-quantized to 7 bits "
+                  f"(quantize on this CPU, or with SIGLITE_CPU_ISA={isa.name}, for weights measured as served)",
+                  stacklevel=3)
+    return SAFE_WEIGHT_MAX
+
+
+@contextlib.contextmanager
+def _servable(path: Path, narrow: int | None):
+    """`path`, or where INT8 weights must be narrowed for this CPU, a temporary copy of the ONNX graph with them
+    re-quantized (`quant.onnx_int8.narrow_weights`); the folder itself is never modified."""
+    if narrow is None or path.suffix != ".onnx":
+        yield path
+        return
+    import onnx
+
+    from ..quant.onnx_int8 import narrow_weights
+
+    graph = onnx.load(str(path))
+    narrow_weights(graph, narrow)
+    with tempfile.TemporaryDirectory(prefix="siglite-int8-") as tmp:
+        copy = Path(tmp) / path.name
+        onnx.save(graph, str(copy), save_as_external_data=graph.ByteSize() > 1_800_000_000,
+                  location=path.name + ".data")
+        yield copy
 
 
 def normalize_layers(layer: int | list[int], depth: int) -> list[int]:

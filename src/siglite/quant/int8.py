@@ -10,6 +10,12 @@ matmuls, GELU, residual adds, the pooling head's probe):
   ``DynamicQuantizeLinear``; ONNX Runtime fuses it with the integer matmul into ``DynamicQuantizeMatMul``);
 * outliers: SmoothQuant migration (`smooth`), strength chosen per layer among `Recipe.alphas` by the measured
   error of that layer's INT8 product on calibration activations (alpha 0 = no migration);
+* massive activations (a few tokens hundreds of times larger than the rest, in a few channels of ``mlp.fc2``'s
+  input, which has nothing to migrate into): decomposition as in LLM.int8() (Dettmers et al. 2022), with the
+  channels chosen once from calibration: those channels are moved to the end of the input (fc1's rows and fc2's
+  columns permuted alike) and their product is computed in float32 beside the INT8 product of the others, so the
+  dynamic range of the INT8 part no longer spans the massive values. The count (`Recipe.float_channels`) is the
+  fewest whose measured error is within `FLOAT_SLICE_GAIN` of the best count tried: none on layers without them;
 * sensitivity: each layer is quantized alone and the towers' output cosine is measured on held-out calibration
   inputs; if the fully quantized model misses the fidelity target, the most damaging layers go back to float32,
   one at a time, until it meets it.
@@ -33,12 +39,12 @@ from torch import nn
 from ..metrics import cosine_summary
 from .calib import VisionInputs
 from .isa import CpuIsa, detect
-from .smooth import migrate, search_alpha, tower_layers
+from .smooth import channel_producer, migrate, move_channels_last, search_alpha, tower_layers
 from .stats import InputStats, collect
 
 log = logging.getLogger(__name__)
 
-SAMPLE_ROWS = 512  # calibration rows kept per layer for the alpha search
+SAMPLE_ROWS = 256  # calibration rows kept per layer for the alpha and float-channel searches
 BATCH = 8  # images (or texts) per forward pass, as the benchmark runs them
 
 
@@ -56,6 +62,8 @@ class Recipe:
             simulated to 0.95 in the runtime, 63 gives the simulated value). Engines warn when a model with 8-bit
             weights is served on a CPU that saturates.
         alphas: SmoothQuant strengths tried per layer (empty: no migration).
+        float_channels: how many input channels (largest calibration amax first) a reorderable layer
+            (`smooth.REORDERABLE`: ``mlp.fc2``) may compute in float32 beside its INT8 product (empty: none).
         sensitivity: run the per-layer sensitivity pass and fall back to float32 where needed.
     """
 
@@ -63,6 +71,7 @@ class Recipe:
     activations: str = "dynamic"
     weight_max: int | None = None
     alphas: tuple[float, ...] = (0.0, 0.3, 0.5, 0.65, 0.8)
+    float_channels: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     sensitivity: bool = True
 
     def resolved(self, isa: CpuIsa | None = None) -> Recipe:
@@ -75,10 +84,15 @@ class Recipe:
 RECIPES = {
     "siglite": Recipe(),
     # what ONNX Runtime's quantize_dynamic does by default: per-tensor INT8 weights, dynamic activations
-    "dynamic": Recipe(weights="tensor", weight_max=127, alphas=(), sensitivity=False),
+    "dynamic": Recipe(weights="tensor", weight_max=127, alphas=(), float_channels=(), sensitivity=False),
     # textbook static PTQ: one calibrated range per activation tensor, one scale per weight matrix, nothing kept
-    "naive": Recipe(weights="tensor", activations="static", weight_max=127, alphas=(), sensitivity=False),
+    "naive": Recipe(weights="tensor", activations="static", weight_max=127, alphas=(), float_channels=(),
+                    sensitivity=False),
 }
+# The fewest float32 input channels whose error is within this factor of the best count tried: massive activations
+# cut the error by orders of magnitude when their channels go to float32; elsewhere more channels gain < this and
+# none are used (a slice costs a copy of the input).
+FLOAT_SLICE_GAIN = 3.0
 
 
 @dataclass(frozen=True)
@@ -133,13 +147,16 @@ def fake_quant_act(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
 
 
 class SimLinear(nn.Module):
-    """A linear layer that computes either in float32 or as its INT8 form in the exported graph does."""
+    """A linear layer that computes either in float32 or as its INT8 form in the exported graph does: the first
+    K - `float_channels` input channels as an INT8 product, the last `float_channels` in float32 (`onnx_int8`)."""
 
-    def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None):
+    def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None,
+                 float_channels: int = 0):
         super().__init__()
         recipe = recipe.resolved()
         self.linear = linear
-        q, s = quantize_weight(linear.weight, recipe.weights, recipe.weight_max)
+        self.split = linear.weight.shape[1] - float_channels
+        q, s = quantize_weight(linear.weight[:, :self.split], recipe.weights, recipe.weight_max)
         self.register_buffer("w_deq", q.float() * s[:, None])
         self.act_range = act_range if recipe.activations == "static" else None
         self.quantized = True
@@ -148,7 +165,10 @@ class SimLinear(nn.Module):
         if not self.quantized:
             return self.linear(x)
         lo, hi = self.act_range if self.act_range is not None else (None, None)
-        return F.linear(fake_quant_act(x, lo, hi), self.w_deq, self.linear.bias)
+        out = F.linear(fake_quant_act(x[..., :self.split], lo, hi), self.w_deq, self.linear.bias)
+        if self.split < x.shape[-1]:
+            out = out + F.linear(x[..., self.split:], self.linear.weight[:, self.split:])
+        return out
 
 
 # -- migration strength -----------------------------------------------------------------------------------------------
@@ -174,6 +194,34 @@ def choose_alpha(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[
         return layer_error(x / s, w * s, recipe, lo, hi, ref)
 
     return search_alpha(st.amax, w, recipe.alphas, error)
+
+
+def choose_float_channels(st: InputStats, weight: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, dict]:
+    """Which input channels (largest calibration amax first) to compute in float32 beside the INT8 product.
+
+    Each count in `recipe.float_channels` is measured on the sampled rows, the INT8 part quantized over the range
+    of its channels on the whole calibration set (what a batch holding a massive token spans at run time, even if
+    the sample holds none). Returns (the chosen channels, possibly none; {count: relative error})."""
+    x, w = st.sample(), weight.detach().float()
+    ref = x @ w.t()
+    order = st.amax.argsort(descending=True).to(x.device)
+    errors, picks = {}, {}
+    for k in (0, *recipe.float_channels):
+        if k >= x.shape[1] // 2:
+            break
+        keep = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
+        keep[order[:k]] = False
+        lo, hi = st.lo.to(x.device)[keep].min(), st.hi.to(x.device)[keep].max()
+        main = ref - x[:, ~keep] @ w[:, ~keep].t()  # what the INT8 part must produce
+        # relative to the whole product, so that counts compare
+        errors[k] = layer_error(x[:, keep], w[:, keep], recipe, lo, hi, main) * float(
+            main.pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
+        picks[k] = order[:k]
+    # more float channels always help a little (a smaller range for the rest); massive ones help by orders of
+    # magnitude: take the fewest within FLOAT_SLICE_GAIN of the best count tried
+    best = min(errors.values())
+    k = min(k for k, e in errors.items() if e <= FLOAT_SLICE_GAIN * best)
+    return picks[k], errors
 
 
 # -- fidelity ---------------------------------------------------------------------------------------------------------
@@ -246,6 +294,8 @@ class LayerPlan:
     fold: str | None
     errors: dict  # alpha -> relative error of the layer's INT8 product on calibration rows
     act_range: tuple[float, float] | None  # static activations: calibrated (lo, hi) after migration
+    float_channels: int = 0  # input channels (moved last) computed in float32 beside the INT8 product
+    channel_errors: dict | None = None  # float channel count -> relative error of the layer's product
     sensitivity: dict | None = None  # output fidelity with this layer alone quantized
     reason: str = ""
 
@@ -260,6 +310,8 @@ class Plan:
     layers: list[LayerPlan]
     fidelity: dict  # simulated: {"all_quantized": ..., "final": ...}
     timings: dict
+    reference: dict = dataclasses.field(default_factory=dict)  # float32 outputs on the held-out inputs (`Probe`)
+    probe: Probe | None = None  # the held-out inputs and those outputs, for `refine`
 
     def quantized(self) -> list[str]:
         return [lp.name for lp in self.layers if lp.quantized]
@@ -279,7 +331,8 @@ def _tokenize(tokenizer, texts: list[str]) -> tuple[torch.Tensor | None, torch.T
 
 @torch.no_grad()
 def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "siglite",
-         target: FidelityTarget | None = None, *, sensitivity_samples: int = 4, progress=None) -> Plan:
+         target: FidelityTarget | None = None, *, sensitivity_samples: int = 0, simulate: bool = True,
+         progress=None) -> Plan:
     """Calibrate, migrate outliers and choose which layers run in INT8.
 
     Args:
@@ -288,8 +341,12 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         tokenizer: the checkpoint's `TextTokenizer`, to calibrate the text tower.
         recipe: a `Recipe` or a key of `RECIPES`.
         target: fidelity the sensitivity pass keeps layers in float32 for.
-        sensitivity_samples: held-out images (and texts) per sensitivity measurement; 0 skips the per-layer pass
-            unless the fully quantized model misses the target.
+        sensitivity_samples: held-out images (and texts) per sensitivity measurement; 0 (the default) skips the
+            per-layer pass unless the fully quantized model misses the target.
+        simulate: measure the fully quantized model (simulated) and fall back where it misses the target
+            (`refine`). False stops after calibration and migration, every layer planned in INT8, so that the
+            caller can measure the written model in its runtime first and `refine` only if that misses the target
+            (ignored when `sensitivity_samples` asks for the per-layer pass).
         progress: optional callable(str) for progress lines.
     """
     recipe = (RECIPES[recipe] if isinstance(recipe, str) else recipe).resolved()
@@ -326,22 +383,50 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
         if alpha:
             migrate(model, name, fold, kind, s)
         st.scale(s)  # the layer's input after migration
-        act_range = (float(st.lo.min()), float(st.hi.max())) if recipe.activations == "static" else None
-        plans.append(LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, act_range))
+        lp = LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, None)
+        producer = channel_producer(name)
+        if producer is not None and recipe.float_channels:
+            channels, ch_errors = choose_float_channels(st, linear.weight, recipe)
+            lp.channel_errors = {str(k): e for k, e in ch_errors.items()}
+            if len(channels):
+                st.permute(move_channels_last(model, name, producer, channels))
+                lp.float_channels = len(channels)
+        if recipe.activations == "static":
+            split = len(st.lo) - lp.float_channels
+            lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
+        lp.reason = "int8"
+        plans.append(lp)
     times["migration"] = time.perf_counter() - t1
 
-    # Simulate: every layer as its INT8 form, switchable one by one.
     t2 = time.perf_counter()
+    check_images = calibration.check_images  # VisionInputs: pixels, or NaFlex patches + grids
+    check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
+    probe = Probe(model, check_images, check_ids, check_mask)
+    times["reference"] = time.perf_counter() - t2
+    p = Plan(model, recipe, target, plans, {}, times, probe.reference, probe)
+    if simulate or (recipe.sensitivity and sensitivity_samples):
+        refine(p, sensitivity_samples=sensitivity_samples, progress=say)
+    return p
+
+
+@torch.no_grad()
+def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
+    """Simulate `p` with every planned layer in INT8 on the held-out inputs; where it misses the target (and the
+    recipe allows), measure each layer's damage alone and return the most damaging ones to float32, one at a time,
+    until the target is met. Updates `p` in place (layers, fidelity, timings) and returns it."""
+    say = progress or log.info
+    recipe, target, probe, model, plans = p.recipe, p.target, p.probe, p.model, p.layers
+    times = p.timings
+    t2 = time.perf_counter()
+    # Simulate: every layer as its INT8 form, switchable one by one.
     sim = copy.deepcopy(model)
     wrappers = {}
     for lp in plans:
+        lp.quantized, lp.reason = True, "int8"
         parent, _, attr = lp.name.rpartition(".")
         holder = sim.get_submodule(parent)
-        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range)
+        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels)
         setattr(holder, attr, wrappers[lp.name])
-    check_images = calibration.check_images
-    check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
-    probe = Probe(model, check_images, check_ids, check_mask)
     all_q = probe.fidelity(sim)
     say(f"all layers INT8 (simulated): {_brief(all_q)}")
     fidelity = {"all_quantized": all_q}
@@ -349,9 +434,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     need_fallback = recipe.sensitivity and not target.met(all_q)
     if recipe.sensitivity and (sensitivity_samples or need_fallback):
         n = sensitivity_samples or 4
-        small = Probe(model, check_images[:n] if check_images is not None else None,
-                      check_ids[:n] if check_ids is not None else None,
-                      check_mask[:n] if check_mask is not None else None)
+        cut = (lambda t: t[:n] if t is not None else None)
+        small = Probe(model, cut(probe.images), cut(probe.ids), cut(probe.mask))
         for w in wrappers.values():
             w.quantized = False
         # float prefix, computed once: a vision layer in block i changes nothing before block i
@@ -383,10 +467,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
                 break
     fidelity["final"] = final
     times["fallback"] = time.perf_counter() - t3
-    for lp in plans:
-        if lp.quantized:
-            lp.reason = "int8"
-    return Plan(model, recipe, target, plans, fidelity, times)
+    p.fidelity = fidelity
+    return p
 
 
 def _vision_start(name: str, model) -> int | None:

@@ -31,13 +31,16 @@ def markdown(report: dict) -> str:
     r = report
     layers = r["layers"]
     kept = [lp for lp in layers if not lp["quantized"]]
+    sliced = [lp for lp in layers if lp["quantized"] and lp.get("float_channels")]
     recipe, target = r["recipe"], r["target"]
     lines = [
         f"# INT8 quantization report: {r['model']}",
         "",
         f"Served by `{r['engine']}` from `{r['output']}`. {len(layers) - len(kept)} of {len(layers)} linear layers "
         f"run in INT8; {len(kept)} stay in float32. Everything that is not a linear layer (patch embedding, "
-        "LayerNorms, attention softmax and its activation matmuls, GELU, residual adds) stays in float32.",
+        "LayerNorms, attention softmax and its activation matmuls, GELU, residual adds) stays in float32."
+        + (f" {len(sliced)} INT8 layers compute a few outlier input channels in float32 beside the INT8 product "
+           "(massive activations; see Per layer)." if sliced else ""),
         "",
         "## Recipe",
         "",
@@ -49,13 +52,18 @@ def markdown(report: dict) -> str:
         f"| activations | asymmetric UINT8, one {recipe['activations']} scale per tensor |",
         *([_isa(r["cpu_isa"])] if "cpu_isa" in r else []),
         f"| SmoothQuant alphas tried per layer | {', '.join(map(str, recipe['alphas'])) or 'none (no migration)'} |",
-        f"| sensitivity pass | {'yes' if recipe['sensitivity'] else 'no'} |",
+        f"| outlier channels in float32 (LLM.int8()-style slice), counts tried | "
+        f"{', '.join(map(str, recipe.get('float_channels', ()))) or 'none'} |",
+        f"| sensitivity pass | {'when the target is missed' if recipe['sensitivity'] else 'no'} |",
         f"| fidelity target (held-out calibration) | cosine mean >= {target['mean']}, 1%-low >= {target['low']} |",
         f"| calibration | {_calib(r['calibration'])} |",
         "",
         "## Fidelity against float32",
         "",
-        "Per-sample cosine of each output, flattened (the seed's measure), on held-out calibration inputs.",
+        "Per-sample cosine of each output, flattened (the seed's measure), on held-out calibration inputs. The "
+        "written model is measured in its runtime first; the simulation (exact integer arithmetic in float32) runs "
+        "only when that misses the target or a per-layer sensitivity pass is asked for"
+        + ("" if r["fidelity"]["simulated"] else " (neither happened here)") + ".",
         "",
         "| output | simulated, all layers INT8 | simulated, final | runtime: mean ( min ~ max ), 1%-low |",
         "|---|---|---|---|",
@@ -64,7 +72,8 @@ def markdown(report: dict) -> str:
     for key, rt in r["fidelity"]["runtime"].items():
         if key not in OUTPUT_NAMES:
             continue
-        lines.append(f"| {OUTPUT_NAMES[key]} | {_mean(sim['all_quantized'].get(key))} | {_mean(sim['final'].get(key))} "
+        lines.append(f"| {OUTPUT_NAMES[key]} | {_mean(sim.get('all_quantized', {}).get(key))} "
+                     f"| {_mean(sim.get('final', {}).get(key))} "
                      f"| {rt['mean']:.5f} ( {rt['min']:.5f} ~ {rt['max']:.5f} ), {rt['p1']:.5f} |")
     if "zero_shot_top1_agreement" in r["fidelity"]["runtime"]:
         lines += ["", f"Zero-shot top-1 agreement (held-out images against held-out texts): "
@@ -81,14 +90,18 @@ def markdown(report: dict) -> str:
     lines += ["", "## Per layer", "",
               "alpha: SmoothQuant strength chosen by the layer's measured INT8 error (relative squared error of its "
               "product on calibration rows, without and with migration). Alone: output cosine (mean) with only this "
-              "layer in INT8.", "",
-              "| layer | precision | alpha | error, no migration | error, chosen | alone: worst output cosine |",
-              "|---|---|---|---|---|---|"]
+              "layer in INT8. Float channels: input channels computed in float32 beside the INT8 product, and the "
+              "layer's error without that slice.", "",
+              "| layer | precision | alpha | error, no migration | error, chosen | float channels (error without) "
+              "| alone: worst output cosine |",
+              "|---|---|---|---|---|---|---|"]
     for lp in layers:
         errors = lp["errors"]
         alone = min(v["mean"] for v in lp["sensitivity"].values()) if lp.get("sensitivity") else None
+        k, ch = lp.get("float_channels", 0), lp.get("channel_errors") or {}
+        chs = f"{k} ({ch['0']:.2e} -> {ch[str(k)]:.2e})" if k else ("0" if ch else "")
         lines.append(f"| {lp['name']} | {'int8' if lp['quantized'] else 'float32'} | {lp['alpha']} "
-                     f"| {errors.get('0.0', float('nan')):.2e} | {errors[str(lp['alpha'])]:.2e} "
+                     f"| {errors.get('0.0', float('nan')):.2e} | {errors[str(lp['alpha'])]:.2e} | {chs} "
                      f"| {'' if alone is None else f'{alone:.6f}'} |")
     lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["timings_s"].items()]

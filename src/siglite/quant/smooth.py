@@ -14,6 +14,11 @@ produced, so inference pays nothing for it:
 ``mlp.fc2`` (its input is GELU's output) and the head's ``kv`` (its input is ``last_hidden_state``, an output of
 the graph) have nothing to fold into and are quantized without migration. The head's ``q`` acts on the learned
 probe alone (a constant) and is never quantized.
+
+``mlp.fc2``'s input channels are ``mlp.fc1``'s output rows through an elementwise activation, so they cannot be
+scaled (GELU is not homogeneous) but can be reordered: permuting fc1's rows and fc2's columns alike leaves the
+function unchanged (`move_channels_last`). The INT8 recipe uses that to put a few outlier channels at the end of
+the input, where its graph computes them in float32 (`REORDERABLE`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ HEAD_LAYERS = {
 # Projections after pooling (CLIP's visual_projection reads the post-normed class token); nn.Identity elsewhere.
 PROJ_LAYERS = {"vision": (("proj", "norm", "norm"),), "text": ()}
 MIN_SCALE, MAX_SCALE = 1e-4, 1e4
+# layer -> the linear layer whose output rows are its input channels through an elementwise activation (relative
+# names, as in BLOCK_LAYERS / HEAD_LAYERS): its input channels can be reordered, both weights permuted alike.
+REORDERABLE = {"mlp.fc2": "mlp.fc1"}
 
 
 def tower_layers(model, tower: str) -> list[tuple[str, str | None, str | None]]:
@@ -70,6 +78,31 @@ def block_layers(tower: nn.Module) -> list[tuple[str, str | None, str | None]]:
     (``blocks.0.attn.qkv``), in execution order (the FP8 recipe quantizes these)."""
     return [(f"blocks.{i}.{n}", f"blocks.{i}.{t}" if t else None, k) for i in range(len(tower.blocks))
             for n, t, k in BLOCK_LAYERS]
+
+
+def channel_producer(layer: str) -> str | None:
+    """The full name of the linear layer whose output rows `layer`'s input channels are (``vision.blocks.3.mlp.fc1``
+    for ``vision.blocks.3.mlp.fc2``, also in the heads), or None where they cannot be reordered."""
+    for rel, producer in REORDERABLE.items():
+        if layer.endswith("." + rel):
+            return layer[: -len(rel)] + producer
+    return None
+
+
+@torch.no_grad()
+def move_channels_last(model: nn.Module, layer: str, producer: str, channels: torch.Tensor) -> torch.Tensor:
+    """Reorder `layer`'s input channels (the output rows of `producer`) so that `channels` come last, in the given
+    order: the model computes the same function. Returns the permutation applied (new position -> old channel)."""
+    linear, prod = model.get_submodule(layer), model.get_submodule(producer)
+    K = linear.weight.shape[1]
+    chosen = torch.zeros(K, dtype=torch.bool)
+    chosen[channels.cpu()] = True
+    perm = torch.cat([torch.arange(K)[~chosen], channels.cpu()]).to(linear.weight.device)
+    linear.weight.copy_(linear.weight[:, perm])
+    prod.weight.copy_(prod.weight[perm])
+    if prod.bias is not None:
+        prod.bias.copy_(prod.bias[perm])
+    return perm
 
 
 def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:

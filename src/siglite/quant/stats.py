@@ -51,6 +51,11 @@ class InputStats:
         """The sampled rows, (<= sample_rows, K)."""
         return torch.cat(self.rows)
 
+    def permute(self, perm: torch.Tensor) -> None:
+        """The statistics of the input with its channels reordered (new position i holds old channel perm[i])."""
+        self.lo, self.hi = self.lo[perm.to(self.lo.device)], self.hi[perm.to(self.hi.device)]
+        self.rows = [r[:, perm.to(r.device)] for r in self.rows]
+
     def scale(self, s: torch.Tensor) -> None:
         """The statistics of the input divided channel-wise by `s` (> 0), as SmoothQuant migration leaves it."""
         s = s.to(self.lo.device)

@@ -16,7 +16,7 @@ from ..errors import SigliteError
 from ..metrics import cosine_summary
 from ..quant import report as report_mod
 from ..quant.calib import Calibration, prepare
-from ..quant.int8 import BATCH, RECIPES, FidelityTarget, Plan, Recipe, plan
+from ..quant.int8 import BATCH, RECIPES, FidelityTarget, Plan, Recipe, plan, refine
 from ..quant.isa import detect
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,9 @@ ENGINES = ("onnxruntime", "openvino")  # runtimes that execute the INT8 ONNX gra
 
 
 def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxruntime",
-             recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 256,
+             recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 128,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
-             sensitivity_samples: int = 4, revision: str | None = None, allow_pickle: bool = False,
+             sensitivity_samples: int = 0, revision: str | None = None, allow_pickle: bool = False,
              progress=None, layer: int | list[int] | None = None, post_norm: bool = False,
              max_num_patches: int | None = None) -> dict:
     """Post-training INT8 quantization of a checkpoint's towers (see `siglite.quant.int8` for the recipe).
@@ -39,12 +39,13 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         engine: runtime that serves the INT8 graphs, recorded in the sidecar ("onnxruntime" or "openvino").
         recipe: a key of `RECIPES` ("siglite", "dynamic", "naive") or a `Recipe`.
         target: fidelity the sensitivity pass keeps layers in float32 for.
-        num_calib: calibration images that fit the recipe (a few hundred is plenty).
+        num_calib: calibration images that fit the recipe (64-128 is plenty).
         num_check: further images (and texts) held out to measure fidelity.
         calib_texts: text file, one calibration text per line (default: built-in prompts).
         num_texts: calibration texts that fit the recipe.
         preprocess: "resize" or "letterbox", as the model will be used.
-        sensitivity_samples: held-out samples per per-layer measurement (0: only when the target is missed).
+        sensitivity_samples: held-out samples per per-layer measurement (0, the default: the per-layer pass runs
+            only when the fully quantized model misses the target).
         revision: hub revision.
         allow_pickle: accept a pickle checkpoint.
         progress: callable(str) for progress lines (default: logging).
@@ -86,28 +87,43 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
                   num_texts=num_texts, preprocess=preprocess, max_num_patches=num_patches)
     t_read = time.perf_counter() - t0
 
-    p = plan(net, cal, tokenizer, recipe, target, sensitivity_samples=sensitivity_samples, progress=say)
-
-    t1 = time.perf_counter()
+    # Every layer planned in INT8, written and measured in the runtime that serves it; only if that misses the
+    # target does the simulation choose layers to keep in float32 (`refine`), and the folder is written again.
+    p = plan(net, cal, tokenizer, recipe, target, sensitivity_samples=sensitivity_samples, simulate=False,
+             progress=say)
     out = prepare_folder(out, source)
-    graphs = export_onnx_graphs(p.model, out, num_patches=num_patches)
-    write_int8_graphs(p, out, graphs["files"])
-    t_export = time.perf_counter() - t1
-    kept = [lp.name for lp in p.layers if not lp.quantized]
     isa = detect()
-    summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
-               "weight_max": p.recipe.weight_max, "cpu_isa": isa.name, "report": report_mod.REPORT_JSON}
-    if num_patches is not None:  # NaFlex: calibrated, measured and exported at this patch budget
-        summary["max_num_patches"] = num_patches
-    sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
-                            quantization=summary)
-    sidecar.engine = engine
-    sidecar.save(out)
+    t_export = t_check = 0.0
 
-    t2 = time.perf_counter()
-    runtime = measure_runtime(out, engine, net, cal, tokenizer)
-    say("runtime fidelity: " + ", ".join(f"{k} {v['mean']:.5f}" if isinstance(v, dict) else f"{k} {v:.4f}"
-                                         for k, v in runtime.items()))
+    def write_and_measure():
+        nonlocal t_export, t_check
+        t1 = time.perf_counter()
+        graphs = export_onnx_graphs(p.model, out, num_patches=num_patches)
+        write_int8_graphs(p, out, graphs["files"])
+        kept = [lp.name for lp in p.layers if not lp.quantized]
+        summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
+                   "weight_max": p.recipe.weight_max, "cpu_isa": isa.name, "report": report_mod.REPORT_JSON}
+        if num_patches is not None:  # NaFlex: calibrated, measured and exported at this patch budget
+            summary["max_num_patches"] = num_patches
+        sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
+                                quantization=summary)
+        sidecar.engine = engine
+        sidecar.save(out)
+        t2 = time.perf_counter()
+        t_export += t2 - t1
+        runtime = measure_runtime(out, engine, net, cal, tokenizer, p.reference)
+        say("runtime fidelity: " + ", ".join(f"{k} {v['mean']:.5f}" if isinstance(v, dict) else f"{k} {v:.4f}"
+                                             for k, v in runtime.items()))
+        t_check += time.perf_counter() - t2
+        return kept, summary, sidecar, runtime
+
+    kept, summary, sidecar, runtime = write_and_measure()
+    tracked = {k: v for k, v in runtime.items() if k in p.reference}
+    if p.recipe.sensitivity and not p.fidelity and not p.target.met(tracked):
+        say("the runtime misses the fidelity target: simulating to choose layers to keep in float32")
+        refine(p, sensitivity_samples=sensitivity_samples, progress=say)
+        if any(not lp.quantized for lp in p.layers):
+            kept, summary, sidecar, runtime = write_and_measure()
     summary["fidelity"] = {k: (v["mean"] if isinstance(v, dict) else v) for k, v in runtime.items()}
     sidecar.quantization = summary
     sidecar.save(out)
@@ -121,7 +137,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
            "cpu_isa": {**isa.to_dict(), "weight_max_used": p.recipe.weight_max},
            "fidelity": {"simulated": info["fidelity_simulated"], "runtime": runtime},
            "timings_s": {"read_calibration": t_read, **info["timings_s"], "export": t_export,
-                         "runtime_check": time.perf_counter() - t2, "total": time.perf_counter() - t0}}
+                         "runtime_check": t_check, "total": time.perf_counter() - t0}}
     report_mod.write(out, rep)
     return rep
 
@@ -137,7 +153,7 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
         layers = [lp for lp in p.layers if lp.quantized and lp.name.startswith(tower + ".")]
         graph = onnx.load(str(path))
         quantize_graph(graph, {lp.name: p.model.get_submodule(lp.name).weight for lp in layers}, p.recipe,
-                       {lp.name: lp.act_range for lp in layers})
+                       {lp.name: lp.act_range for lp in layers}, {lp.name: lp.float_channels for lp in layers})
         data = path.with_name(path.name + ".data")
         big = sum(len(t.raw_data) for t in graph.graph.initializer) > 1_500_000_000
         onnx.save(graph, str(path), save_as_external_data=big, all_tensors_to_one_file=True, location=data.name)
@@ -150,9 +166,11 @@ def _grids(batch) -> dict:
     return {} if batch.spatial_shapes is None else {"spatial_shapes": batch.spatial_shapes.numpy()}
 
 
-def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, tokenizer) -> dict:
+def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, tokenizer,
+                    reference_outputs: dict | None = None) -> dict:
     """Fidelity of the written folder, served by `engine`, against the float32 torch model on the held-out inputs:
-    cosine summaries per output and zero-shot top-1 agreement (held-out images ranked against held-out texts)."""
+    cosine summaries per output and zero-shot top-1 agreement (held-out images ranked against held-out texts).
+    `reference_outputs`: the float32 model's outputs on those inputs where already computed (`Plan.reference`)."""
     import torch
 
     import siglite
@@ -164,12 +182,17 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
     taps = {"layer": sc.vision_layer, "post_norm": sc.post_norm} if sc.vision_layer is not None else {}
     with torch.inference_mode():
         if cal.check_pixels is not None and reference.vision is not None:
-            # NaFlex: patches padded to the graph's budget + their grids; padded tokens zeroed before comparing
+            # NaFlex: patches padded to the graph's budget + their grids; padded tokens zeroed before comparing (as
+            # `Probe.outputs`, hence `reference_outputs`, already has them)
             batches = list(cal.check_images.batches(BATCH))
             got = [served.encode_image(b.pixels.numpy(), tokens=True, **taps, **_grids(b)) for b in batches]
-            ref = [b.forward(reference.vision) for b in batches]
-            out["vision_hidden"] = cosine_summary(torch.cat([b.real_tokens(r[0]) for b, r in zip(batches, ref)]),
-                                                  np.concatenate([b.real_tokens(g[1]) for b, g in zip(batches, got)]))
+            got_hidden = np.concatenate([b.real_tokens(g[1]) for b, g in zip(batches, got)])
+            known = reference_outputs or {}
+            if "vision_hidden" in known and ("vision_pooled" in known or reference.vision.head is None):
+                ref = [(known["vision_hidden"], known.get("vision_pooled"))]
+            else:
+                ref = [(b.real_tokens(h), p) for b in batches for h, p in [b.forward(reference.vision)]]
+            out["vision_hidden"] = cosine_summary(torch.cat([r[0] for r in ref]), got_hidden)
             if reference.vision.head is not None:
                 ref_pooled = torch.cat([r[1] for r in ref]).numpy()
                 got_pooled = np.concatenate([g[0] for g in got])
@@ -184,8 +207,11 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
         if cal.check_texts and reference.text is not None:
             ids, mask = tokenizer(cal.check_texts)
             got_t = served.encode_text(ids, mask)
-            ref_t = reference.text(torch.from_numpy(ids), torch.from_numpy(mask) if mask is not None else None)[1]
-            ref_t = ref_t.numpy()
+            if "text_pooled" in (reference_outputs or {}):
+                ref_t = reference_outputs["text_pooled"].numpy()
+            else:
+                ref_t = reference.text(torch.from_numpy(ids), torch.from_numpy(mask) if mask is not None else None)[1]
+                ref_t = ref_t.numpy()
             out["text_pooled"] = cosine_summary(ref_t, got_t)
             if ref_pooled is not None:
                 from ..model import sigmoid_logits
