@@ -75,7 +75,8 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
     spec = get_spec(SPEC)
     src = save_checkpoint(random_model(spec, seed=args.seed, vision_layers=args.layers, text=False), work / "fp32",
                           spec)
-    say(f"quantizing at max_num_patches={args.max_num_patches} on {args.calib} generated images ({args.check} held out)")
+    say(f"quantizing at max_num_patches={args.max_num_patches} on {args.calib} generated images "
+        f"({args.check} held out)")
     t0 = time.perf_counter()
     report = quantize(src, images(args.calib + args.check, 100), work / "int8", num_calib=args.calib,
                       num_check=args.check, max_num_patches=args.max_num_patches, progress=say)

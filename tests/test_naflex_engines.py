@@ -240,7 +240,8 @@ def test_cuda_engine_runs_naflex_on_cpu(folder, fp32, images, precision, atol, g
         tokens = [np.abs(a - b).max() for a, b in zip(model.image_features(images, tokens=True, max_num_patches=budget),
                                                       fp32.image_features(images, tokens=True, max_num_patches=budget))]
         print(f"cuda-on-cpu {precision} graphs={graphs} budget {budget}: pooled worst |Δ| "
-              f"{np.abs(got - ref).max():.2e}, cosine min {cosine_rows(ref, got).min():.6f}; tokens worst |Δ| {max(tokens):.2e}")
+              f"{np.abs(got - ref).max():.2e}, cosine min {cosine_rows(ref, got).min():.6f}; tokens worst |Δ| "
+              f"{max(tokens):.2e}")
         assert np.abs(got - ref).max() <= atol and cosine_rows(ref, got).min() >= 0.999
     with pytest.raises(SigliteError, match="fixed max_num_patches=64"):
         model.image_features(images[:1], max_num_patches=100)
