@@ -168,8 +168,9 @@ def fidelity(reference: Model, candidate: Model, images: Sequence, labels: Seque
 
     Both see the same preprocessed pixels (SigLIP 2 NaFlex: the same patches, at the candidate's patch budget, e.g. an
     INT8 graph's; each image's own rows*cols tokens are compared). Per image: cosine similarity and MSE of
-    ``last_hidden_state`` flattened to one vector (the seed's measure) and of ``pooler_output``. Each is summarised as mean, min, max, p1 (the
-    "1%-low": the 1st percentile, see `summarize`) and p99, in fields ``{hidden|pooled}_{cosine|mse}_{stat}``.
+    ``last_hidden_state`` flattened to one vector (the seed's measure) and of ``pooler_output``. Each is summarised
+    as mean, min, max, p1 (the "1%-low": the 1st percentile, see `summarize`) and p99, in fields
+    ``{hidden|pooled}_{cosine|mse}_{stat}``.
     With `labels` and `classnames`, also each model's zero-shot ``acc1``/``acc5`` and ``top1_agreement`` (fraction
     of images both rank the same class first). A candidate without a text tower is scored with the reference's
     class embeddings.
