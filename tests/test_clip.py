@@ -80,8 +80,12 @@ def test_image_parity(clip_folder, reference, sample_images):
 
 def test_text_parity(clip_folder, reference):
     ref_model, _, tokenizer = reference
+    from siglite.preprocess.open_clip_text import basic_clean
+
     model = siglite.load(clip_folder)
-    inputs = tokenizer(TEXTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    # transformers 5's CLIPTokenizer no longer applies OpenAI CLIP's cleaning (ftfy, html.unescape); siglite does
+    inputs = tokenizer([basic_clean(t) for t in TEXTS], padding="max_length", max_length=77, truncation=True,
+                       return_tensors="pt")
     ids, mask = model.tokenize(TEXTS)
     np.testing.assert_array_equal(ids, inputs["input_ids"].numpy())
     np.testing.assert_array_equal(mask, inputs["attention_mask"].numpy())
@@ -265,49 +269,82 @@ def test_openai_style_int_sizes():
 # -- tokenizer --------------------------------------------------------------------------------------------------------
 
 
+# Texts where OpenAI CLIP's cleaning (ftfy.fix_text, html.unescape) changes what is tokenized: mojibake, entities,
+# curly quotes (full-width letters and "&amp;" beside a tag are in TEXTS too).
+FTFY_TEXTS = ["cafÃ© crÃ¨me", "fish &amp; chips", "don’t “quote”", "&lt;3 you", "a &amp;amp; b"]
+
+
+def _rows_changed_by_cleaning(texts):
+    from siglite.preprocess.open_clip_text import basic_clean
+
+    return [i for i, t in enumerate(texts) if basic_clean(t) != t.strip()]
+
+
 @pytest.mark.parametrize("layout", ["hub", "vocab"])
 def test_tokenizer_ids_equal_transformers(tmp_path, layout):
-    """ids and mask identical to transformers 5's CLIPTokenizer, CLIPTokenizerFast and AutoTokenizer, from
-    tokenizer.json (what save_pretrained writes) and from OpenAI's vocab.json + merges.txt."""
+    """ids and mask identical to transformers 5's CLIPTokenizer, CLIPTokenizerFast and AutoTokenizer given the text
+    after OpenAI CLIP's cleaning (which transformers 5 no longer applies), from tokenizer.json (what save_pretrained
+    writes) and from OpenAI's vocab.json + merges.txt; on raw text they agree wherever ftfy changes nothing."""
     import transformers
+
+    from siglite.preprocess.open_clip_text import basic_clean
 
     from siglite.preprocess.text import load_tokenizer
 
+    texts = TEXTS + FTFY_TEXTS
     folder = make_clip_tokenizer(tmp_path / layout, layout)
     ours = load_tokenizer(folder, 77)
-    ids, mask = ours(TEXTS)
-    assert ids.shape == (len(TEXTS), 77) and ids.dtype == np.int64
+    ids, mask = ours(texts)
+    assert ids.shape == (len(texts), 77) and ids.dtype == np.int64
+    changed = _rows_changed_by_cleaning(texts)
+    same = [i for i in range(len(texts)) if i not in changed]
+    assert len(changed) >= len(FTFY_TEXTS) + 2  # the cases above, full width and "&amp;" beside a tag
     for cls in (transformers.CLIPTokenizer, transformers.CLIPTokenizerFast, transformers.AutoTokenizer):
-        ref = cls.from_pretrained(folder)(TEXTS, padding="max_length", max_length=77, truncation=True,
-                                           return_tensors="np")
+        tok = cls.from_pretrained(folder)
+        kw = dict(padding="max_length", max_length=77, truncation=True, return_tensors="np")
+        ref = tok([basic_clean(t) for t in texts], **kw)
         np.testing.assert_array_equal(ids, ref["input_ids"], err_msg=cls.__name__)
         np.testing.assert_array_equal(mask, ref["attention_mask"], err_msg=cls.__name__)
+        raw = tok(texts, **kw)["input_ids"]
+        np.testing.assert_array_equal(ids[same], raw[same], err_msg=cls.__name__)
+        fixed = range(len(TEXTS), len(texts))  # mojibake, entities, quotes: the cleaning did apply
+        assert all((ids[i] != raw[i]).any() for i in fixed), cls.__name__
     vocab = clip_bpe()[0]
     assert ids[2, :2].tolist() == [vocab["<|startoftext|>"], vocab[EOS]] and mask[2].sum() == 2  # empty string
     assert mask[14].sum() == 77 and ids[14, -1] == vocab[EOS]  # long text truncated, EOS kept
     s = ours.settings()
     assert (s["lowercase"], s["add_bos"], s["add_eos"], s["padding_side"]) == (True, True, True, "right")
+    assert s["clean"] == "ftfy+html"
 
 
 @pytest.mark.skipif(not os.path.exists(REF_TF4), reason=f"{REF_TF4} (transformers 4.x venv) is not on this machine")
 def test_tokenizer_ids_equal_transformers4(tmp_path):
-    """transformers 4.57's CLIPTokenizerFast gives the same ids on every text; its pure-Python CLIPTokenizer (without
-    ftfy it normalises with BERT's BasicTokenizer, which strips accents) agrees on the texts without accents."""
+    """transformers 4.57's pure-Python CLIPTokenizer cleans with ftfy when it is installed (siglite depends on ftfy,
+    and the venv sees it): the same ids on every text, mojibake and HTML entities included, except where a literal
+    "<" stops ftfy from decoding entities (OpenAI CLIP's html.unescape, which siglite follows, decodes them anyway).
+    Its CLIPTokenizerFast never cleans: the same ids where the cleaning changes nothing."""
     from siglite.preprocess.text import load_tokenizer
 
+    texts = TEXTS + FTFY_TEXTS
     folder = make_clip_tokenizer(tmp_path / "v", "vocab")
-    ids, _ = load_tokenizer(folder, 77)(TEXTS)
-    script = ("import json, sys\nfrom transformers import CLIPTokenizer, CLIPTokenizerFast\n"
-              "texts = json.loads(sys.stdin.read())\n"
+    ids, _ = load_tokenizer(folder, 77)(texts)
+    script = ("import json, sys\nimport ftfy\nfrom transformers import CLIPTokenizer, CLIPTokenizerFast\n"
+              "texts = json.loads(sys.stdin.read())\nslow = CLIPTokenizer.from_pretrained(sys.argv[1])\n"
+              "assert slow.fix_text is not None, 'ftfy not used'\n"
               "print(json.dumps({c.__name__: c.from_pretrained(sys.argv[1])(texts, padding='max_length', max_length=77,"
               " truncation=True)['input_ids'] for c in (CLIPTokenizer, CLIPTokenizerFast)}))\n")
-    run = subprocess.run([REF_TF4, "-c", script, str(folder)], input=json.dumps(TEXTS), capture_output=True,
+    run = subprocess.run([REF_TF4, "-c", script, str(folder)], input=json.dumps(texts), capture_output=True,
                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    if run.returncode != 0 and "No module named 'ftfy'" in run.stderr:
+        pytest.skip(f"{REF_TF4} has no ftfy: its CLIPTokenizer would not clean (pip install ftfy there)")
     assert run.returncode == 0, run.stderr[-2000:]
     ref = json.loads(run.stdout.strip().splitlines()[-1])
-    np.testing.assert_array_equal(ids, np.array(ref["CLIPTokenizerFast"]))
-    plain = [i for i, t in enumerate(TEXTS) if t.isascii()]
-    np.testing.assert_array_equal(ids[plain], np.array(ref["CLIPTokenizer"])[plain])
+    tagged = [i for i, t in enumerate(texts) if "<" in t and "&" in t]
+    slow_rows = [i for i in range(len(texts)) if i not in tagged]
+    np.testing.assert_array_equal(ids[slow_rows], np.array(ref["CLIPTokenizer"])[slow_rows])
+    assert any(i in slow_rows for i in _rows_changed_by_cleaning(texts))
+    same = [i for i in range(len(texts)) if i not in _rows_changed_by_cleaning(texts)]
+    np.testing.assert_array_equal(ids[same], np.array(ref["CLIPTokenizerFast"])[same])
 
 
 # -- registry ---------------------------------------------------------------------------------------------------------

@@ -223,25 +223,6 @@ def test_errors(folder, model, images):
         read_checkpoint(broken)
 
 
-def test_unsupported_paths_are_one_line_errors(folder, tmp_path, capsys):
-    """NaFlex is not yet in the cuda engine, INT8 quantization or `siglite bench`: each says so in one line."""
-    from siglite.cli.main import main
-    from siglite.engines import cuda
-
-    with pytest.raises(SigliteError, match="NaFlex"):
-        cuda.create(folder)
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i, img in enumerate(aspect_images()[:2]):
-        img.save(calib / f"{i}.png")
-    for argv in (["quantize", "--model", str(folder), "--calib", str(calib), "--out", str(tmp_path / "q")],
-                 ["bench", "--model", str(folder), "--batch-sizes", "1", "--iters", "1", "--warmup", "0"]):
-        capsys.readouterr()
-        assert main(argv) == 1, argv
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "NaFlex" in err, err
-
-
 def test_fixed_model_refuses_max_num_patches(tiny_gemma, sample_images):
     with pytest.raises(SigliteError, match="NaFlex"):
         siglite.load(tiny_gemma, device="cpu").image_features(sample_images[:1], max_num_patches=64)

@@ -101,6 +101,9 @@ class Model:
         self.text_mask = text_mask
         self.max_pixels: int | None = MAX_PIXELS_DEFAULT
         self.background = (255, 255, 255)  # RGBA/LA inputs are composited on white, as transformers does
+        # NaFlex: the patch budget of calls that name none (None: an exported graph's, else the checkpoint's); the
+        # CLI's --max-num-patches sets it, so embed / eval / serve follow it without a parameter of their own
+        self.max_num_patches: int | None = None
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, engine={self.engine.name}, precision={self.engine.precision})"
@@ -109,10 +112,13 @@ class Model:
         """What this model is: towers, preprocessing, tokenizer, engine (for `siglite info` and sidecars)."""
         towers = {k: {f: v[f] for f in fields if v.get(f) is not None} for k, fields in TOWER_FIELDS.items()
                   if isinstance(v := self.config.get(k), dict)}
+        image = self.image_config.to_dict() if self.image_config else None
+        if isinstance(self.image_config, naflex.NaflexConfig):  # the budget calls run at, not only the checkpoint's
+            image["max_num_patches"] = self.patch_budget()
         return {
             "name": self.name, "folder": str(self.folder), "engine": self.engine.name,
             "precision": self.engine.precision, "model_type": self.config.get("model_type"), **towers,
-            "image": self.image_config.to_dict() if self.image_config else None,
+            "image": image,
             "tokenizer": self.tokenizer.settings() if self.tokenizer else None, "text_mask": self.text_mask,
             "logit_scale": self.engine.logit_scale, "logit_bias": self.engine.logit_bias,
             "logits": self.logit_kind,
@@ -172,16 +178,31 @@ class Model:
             failures=failures,
         )
 
+    def patch_budget(self, max_num_patches: int | None = None) -> int:
+        """The NaFlex patch budget a call runs at: `max_num_patches`, else `self.max_num_patches`, else an exported
+        graph's fixed budget, else the checkpoint's (256 for the hub checkpoints).
+
+        Raises:
+            SigliteError: one line, for a model that is not NaFlex, a budget that is not a positive int, or one
+                larger than the exported graph's.
+        """
+        if not isinstance(self.image_config, naflex.NaflexConfig):
+            raise SigliteError(f"{self.name}: max_num_patches applies to NaFlex (siglip2) models only")
+        pad_to = getattr(self.engine, "num_patches", None)  # exported graphs run at one fixed patch budget
+        budget = next((b for b in (max_num_patches, self.max_num_patches, pad_to) if b is not None),
+                      self.image_config.max_num_patches)
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+            raise SigliteError(f"max_num_patches must be a positive int, got {budget!r}")
+        if pad_to is not None and budget > pad_to:
+            raise SigliteError(f"{self.name}: this engine runs at a fixed max_num_patches={pad_to} (an export's, or "
+                               f"the cuda engine's); {budget} does not fit")
+        return int(budget)
+
     def _encode_patches(self, chunk: list, tokens: bool, on_error: str, max_num_patches: int | None, taps: dict):
         """NaFlex: one batch padded to its longest image (or to the engine's fixed length); tokens cut back to each
         image's own rows*cols."""
-        pad_to = getattr(self.engine, "num_patches", None)  # exported graphs run at one fixed patch budget
-        budget = max_num_patches if max_num_patches is not None else pad_to or self.image_config.max_num_patches
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise SigliteError(f"max_num_patches must be a positive int, got {budget!r}")
-        if pad_to is not None and budget > pad_to:
-            raise SigliteError(f"{self.name}: this engine was exported for max_num_patches={pad_to}; "
-                               f"{budget} does not fit")
+        pad_to = getattr(self.engine, "num_patches", None)
+        budget = self.patch_budget(max_num_patches)
         batch, ok, failed = naflex.preprocess_batch(chunk, self.image_config, max_num_patches=budget, pad_to=pad_to,
                                                     on_error=on_error, max_pixels=self.max_pixels,
                                                     background=self.background)

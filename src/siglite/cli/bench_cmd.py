@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (add_format_arg, add_overwrite_arg, add_quiet_arg, check_out_file, device, emit, nonnegative_int,
-                     positive_int, progress_bar)
+from .common import (add_format_arg, add_max_num_patches_arg, add_overwrite_arg, add_quiet_arg, check_out_file, device,
+                     emit, nonnegative_int, positive_int, progress_bar)
 
 EPILOG = """examples:
   siglite bench --spec siglip-base-patch16-224 --batch-sizes 8 --baseline transformers
   siglite bench --model ./my-siglip --precision float32 bfloat16 --mode model e2e --out bench.json bench.csv
   siglite bench --model ./my-siglip --engine torch onnxruntime --images photos/ --mode e2e --plot bench.png
   siglite bench --model ./my-siglip-int8 --batch-sizes 1 8          # engine and precision from its siglite.json
+  siglite bench --spec siglip2-base-patch16-naflex --max-num-patches 256 --batch-sizes 8 --baseline transformers
 
 --spec times random weights at a real architecture's shape (vision tower only; nothing is downloaded).
+SigLIP 2 NaFlex runs at one fixed patch budget (--max-num-patches; default an exported folder's, else the
+checkpoint's): every target gets the same patches, each image at its aspect ratio, padded to the budget.
 ratio_vs_transformers = the transformers reference's median latency / ours, at the same precision, batch and mode
 (> 1 means faster). peak_memory_mb = memory added during the timed run (CUDA: max allocated; CPU: peak RSS)."""
 
@@ -47,6 +50,8 @@ def register(sub):
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
     p.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
                    help="e2e: decode + preprocess on the CPU (default) or on the GPU (nvJPEG, needs torchvision)")
+    add_max_num_patches_arg(p, "SigLIP 2 NaFlex models: the patch budget every target runs at (default: an exported "
+                               "folder's, else the checkpoint's, 256 for the hub checkpoints); an error for others")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", "-o", nargs="+", default=[], help="write records to .json and/or .csv files")
     p.add_argument("--plot", default=None, help="write a throughput chart to this PNG (needs matplotlib)")
@@ -77,7 +82,8 @@ def run(args):
         images = [p for src in args.images for p in (list_images(src) if Path(src).is_dir() else [Path(src)])]
     kw = dict(engines=args.engine, precisions=args.precision, batch_sizes=args.batch_sizes, modes=args.mode,
               iters=args.iters, warmup=args.warmup, device=args.device, baseline=args.baseline, images=images,
-              preprocess=args.preprocess, threads=args.threads, decode=args.decode)
+              preprocess=args.preprocess, threads=args.threads, decode=args.decode,
+              max_num_patches=args.max_num_patches)
     if args.layers is not None and not args.spec:
         raise SigliteError("--layers applies to --spec (random weights), not to --model")
     targets = (len(args.engine) + (1 if args.baseline else 0)) * len(args.precision)

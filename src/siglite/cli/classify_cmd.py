@@ -2,8 +2,8 @@
 
 import argparse
 
-from .common import (add_batch_size_arg, add_format_arg, add_model_args, add_quiet_arg, emit, existing_file,
-                     load_model, positive_int, progress_bar, template, warn)
+from .common import (add_batch_size_arg, add_format_arg, add_max_num_patches_arg, add_model_args, add_quiet_arg, emit,
+                     existing_file, load_model, positive_int, progress_bar, template, warn)
 
 EPILOG = """examples:
   siglite classify cat.jpg --model google/siglip-base-patch16-224 --labels cat dog "red car" --preprocess letterbox
@@ -27,6 +27,7 @@ def register(sub):
                    help='prompt template with one {} for the label (default: "%(default)s")')
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize",
                    help="resize: the checkpoint's processor (default); letterbox: aspect-preserving, gray 127 padding")
+    add_max_num_patches_arg(p)
     p.add_argument("--top", type=positive_int, default=None, help="show only the K most probable labels per image")
     add_batch_size_arg(p)
     p.add_argument("--skip-bad", action="store_true",

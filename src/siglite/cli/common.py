@@ -117,11 +117,30 @@ def add_batch_size_arg(p: argparse.ArgumentParser, default: int | None = None, h
                    help=help or "images or texts per forward pass (default: 32)")
 
 
+MAX_NUM_PATCHES_HELP = ("SigLIP 2 NaFlex models: the patch budget per image (default: an exported folder's, else the "
+                        "checkpoint's: 256 for the hub checkpoints, evaluated at 256, 576, 784, 1024); an error for "
+                        "other models")
+
+
+def add_max_num_patches_arg(p: argparse.ArgumentParser, help: str = MAX_NUM_PATCHES_HELP) -> None:
+    """--max-num-patches N (a positive int, checked where parsed): the NaFlex patch budget."""
+    p.add_argument("--max-num-patches", type=positive_int, default=None, metavar="N", help=help)
+
+
+def apply_max_num_patches(model, budget: int | None):
+    """Make `budget` the default patch budget of a loaded `Model` (None: leave it); a one-line error for a model that
+    is not NaFlex, or a budget larger than an exported graph's."""
+    if budget is not None:
+        model.max_num_patches = model.patch_budget(budget)
+    return model
+
+
 def load_model(args):
     import siglite
 
-    return siglite.load(args.model, engine=args.engine, device=args.device, dtype=args.precision,
-                        revision=args.revision)
+    model = siglite.load(args.model, engine=args.engine, device=args.device, dtype=args.precision,
+                         revision=args.revision)
+    return apply_max_num_patches(model, getattr(args, "max_num_patches", None))
 
 
 def check_out_file(args, path: str | None, flag: str = "--out") -> None:

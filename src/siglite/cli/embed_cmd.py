@@ -4,7 +4,8 @@ embeddings; resumable and incremental."""
 import argparse
 import os
 
-from .common import add_batch_size_arg, add_format_arg, add_layer_args, add_model_args, add_quiet_arg, emit, layer_value, \
+from .common import add_batch_size_arg, add_format_arg, add_layer_args, add_max_num_patches_arg, add_model_args, \
+    add_quiet_arg, emit, layer_value, \
     load_model, positive_int, warn
 
 # Spelled here so that `siglite --help` stays light (tests check them against siglite.tasks.embed).
@@ -43,6 +44,7 @@ def register(sub):
                    help="write unit-length (L2-normalised) pooled rows, as vector indexes expect; the manifest "
                         "records \"normalized\"")
     add_layer_args(p, "with --tokens: write the tokens")
+    add_max_num_patches_arg(p)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written arrays")
     add_batch_size_arg(p, help="engine batch size (default 32)")
     p.add_argument("--workers", type=positive_int, default=None,
@@ -64,7 +66,8 @@ def run(args):
     # Ray actors may start in another working directory: hand them an absolute model path.
     name = os.path.abspath(args.model) if os.path.exists(args.model) else args.model
     load_args = {"name_or_path": name, "engine": args.engine, "dtype": args.precision,
-                 "revision": args.revision, "device": args.device if args.device == "cpu" else None}
+                 "revision": args.revision, "device": args.device if args.device == "cpu" else None,
+                 "max_num_patches": args.max_num_patches}
     try:
         record = embed(model, args.src, args.out, text=args.text, column=args.column, preprocess=args.preprocess,
                        tokens=args.tokens, normalize=args.normalize, dtype=args.dtype, shard_size=args.shard_size,

@@ -2,7 +2,8 @@
 
 import argparse
 
-from .common import (add_batch_size_arg, add_format_arg, add_layer_args, add_model_args, add_overwrite_arg, add_quiet_arg,
+from .common import (add_batch_size_arg, add_format_arg, add_layer_args, add_max_num_patches_arg, add_model_args,
+                     add_overwrite_arg, add_quiet_arg,
                      emit, layer_value, load_model, progress_bar, warn)
 
 EPILOG = """examples:
@@ -26,6 +27,7 @@ def register(sub):
     p.add_argument("--tokens", action="store_true", help="write last_hidden_state (N, T, D) instead of pooled (N, D)")
     add_layer_args(p, "with --tokens: write the tokens")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
+    add_max_num_patches_arg(p)
     add_batch_size_arg(p)
     p.add_argument("--normalize", action="store_true", help="L2-normalise pooled embeddings")
     p.add_argument("--skip-bad", action="store_true",

@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import (add_batch_size_arg, add_format_arg, add_model_args, add_overwrite_arg, add_quiet_arg,
-                     check_out_file, device, emit, existing_file, load_model, nonnegative_int, positive_int, progress_bar)
+from .common import (add_batch_size_arg, add_format_arg, add_max_num_patches_arg, add_model_args, add_overwrite_arg,
+                     add_quiet_arg, apply_max_num_patches, check_out_file, device, emit, existing_file, load_model,
+                     nonnegative_int, positive_int, progress_bar)
 
 EPILOG = """examples:
   siglite eval zeroshot --model M --data imagenet/val --classnames classnames.txt --templates templates.json
@@ -78,6 +79,7 @@ def _add_classification_args(p):
 def _add_common(p):
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize",
                    help="resize: the checkpoint's processor (default); letterbox: aspect-preserving, gray 127 padding")
+    add_max_num_patches_arg(p)
     add_batch_size_arg(p, help="images and prompts per forward pass (default: 32)")
     p.add_argument("--out", "-o", default=None, help="also write the record as JSON to this file")
     add_overwrite_arg(p, "--out file")
@@ -153,6 +155,7 @@ def run_fidelity(args):
     candidate = siglite.load(args.candidate or args.model, engine=args.candidate_engine or args.engine,
                              device=args.candidate_device or args.device,
                              dtype=args.candidate_precision or args.precision, revision=args.revision)
+    apply_max_num_patches(candidate, args.max_num_patches)
     with progress_bar(args, len(images), "fidelity", "img") as bar:
         record = fidelity(reference, candidate, images, labels, classnames, templates=_templates(args),
                           preprocess=args.preprocess, batch_size=args.batch_size, progress=bar)

@@ -2,11 +2,13 @@
 
 import argparse
 
-from .common import add_layer_args, add_overwrite_arg, add_quiet_arg, check_output_folder, emit, layer_value, warn
+from .common import (add_layer_args, add_max_num_patches_arg, add_overwrite_arg, add_quiet_arg, check_output_folder,
+                     emit, layer_value, warn)
 
 EPILOG = """examples:
   siglite export --model google/siglip-base-patch16-224 --graph-format onnx --out siglip-onnx
   siglite classify cat.jpg --model siglip-onnx --labels cat dog
+  siglite export --model google/siglip2-base-patch16-naflex --max-num-patches 576 --out naflex-576
 
 --format is table or json, as in every command (--format onnx|openvino still works, deprecated: use --graph-format).
 The folder is built beside OUT and moved into place when complete; an existing export is replaced only with
@@ -26,6 +28,9 @@ def register(sub):
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     add_layer_args(p, "export the vision tower cut at a layer: its output is the tokens")
+    add_max_num_patches_arg(p, "SigLIP 2 NaFlex models: the fixed patch budget of the vision graph (default: the "
+                               "checkpoint's, 256 for the hub checkpoints); smaller budgets are padded up to it at "
+                               "run time. An error for other models")
     p.add_argument("--format", choices=["table", "json", "onnx", "openvino"], default="table",
                    help="how to print the result: table (default) or json")
     p.add_argument("--output-format", dest="format", choices=["table", "json"], help=argparse.SUPPRESS)  # deprecated
@@ -56,7 +61,7 @@ def run(args):
         warn(args, f"exporting {args.model} to {graph_format} (vision + text graphs; a minute for a base model) ...")
     with staged_dir(args.out) as tmp:
         sidecar = export(args.model, tmp, graph_format, revision=args.revision, layer=layer_value(args),
-                         post_norm=args.post_norm)
+                         post_norm=args.post_norm, max_num_patches=args.max_num_patches)
     if show:
         warn(args, f"exported in {time.perf_counter() - t0:.1f} s")
     emit([{"out": args.out, "format": sidecar.format, "engine": sidecar.engine, "precision": sidecar.precision,

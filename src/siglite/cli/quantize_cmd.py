@@ -3,8 +3,8 @@ report (quant_report.json / .md) that `siglite.load(DIR)` and every command serv
 
 import argparse
 
-from .common import add_format_arg, add_layer_args, add_overwrite_arg, add_quiet_arg, check_output_folder, emit, \
-    existing_file, layer_value, nonnegative_int, positive_int
+from .common import add_format_arg, add_layer_args, add_max_num_patches_arg, add_overwrite_arg, add_quiet_arg, \
+    check_output_folder, emit, existing_file, layer_value, nonnegative_int, positive_int
 
 # Spelled here, not imported: `siglite --help` must not import torch (tests/test_cli.py checks these against
 # quant.int8.RECIPES / FidelityTarget and tasks.quantize.ENGINES).
@@ -23,7 +23,9 @@ def register(sub):
                                    "float32.",
                        epilog="examples:\n"
                               "  siglite quantize --model google/siglip-base-patch16-224 --calib photos/ "
-                              "--out siglip-int8\n  siglite classify cat.jpg --model siglip-int8 --labels cat dog",
+                              "--out siglip-int8\n  siglite classify cat.jpg --model siglip-int8 --labels cat dog\n"
+                              "  siglite quantize --model google/siglip2-base-patch16-naflex --calib photos/ "
+                              "--max-num-patches 256 --out naflex-int8",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", "-m", required=True, help="checkpoint folder, hub id, or a name from `siglite list`")
     p.add_argument("--calib", required=True,
@@ -45,6 +47,9 @@ def register(sub):
                    help="held-out images (and texts) per per-layer sensitivity measurement, reported per layer; 0 "
                         "(default) runs that pass only when the fully quantized model misses the target")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
+    add_max_num_patches_arg(p, "SigLIP 2 NaFlex models: the fixed patch budget of the INT8 vision graph; calibration "
+                               "images are cut into at most N patches at their aspect ratio (default: the "
+                               "checkpoint's, 256 for the hub checkpoints). An error for other models")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     add_overwrite_arg(p, "quantized folder")
     add_quiet_arg(p)
@@ -70,7 +75,7 @@ def run(args):
                    calib_texts=args.calib_text, preprocess=args.preprocess,
                    sensitivity_samples=args.sensitivity_samples, revision=args.revision,
                    progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)), layer=layer_value(args),
-                   post_norm=args.post_norm)
+                   post_norm=args.post_norm, max_num_patches=args.max_num_patches)
     rows = []
     for output, s in rep["fidelity"]["runtime"].items():
         if isinstance(s, dict):

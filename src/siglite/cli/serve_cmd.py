@@ -4,6 +4,7 @@ import argparse
 import os
 
 from ..errors import SigliteError
+from .common import add_max_num_patches_arg, apply_max_num_patches
 
 EPILOG = """examples:
   siglite serve --model google/siglip-base-patch16-224 --port 8000
@@ -44,6 +45,8 @@ def register(sub):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the engine (default: torch's choice; decode threads come on top)")
     p.add_argument("--preprocess", choices=["resize", "letterbox"], default="resize")
+    add_max_num_patches_arg(p, "SigLIP 2 NaFlex models among --model: the patch budget per image (default: an "
+                               "exported folder's, else the checkpoint's); an error when none is NaFlex")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: env SIGLITE_API_KEY)")
     p.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin")
     p.add_argument("--allow-url-domain", action="append", default=[],
@@ -94,6 +97,8 @@ def run(args):
     specs = model_specs(args)
     load_args = {"engine": args.engine, "device": args.device, "dtype": args.precision}
     if args.distributed == "ray":
+        if args.max_num_patches is not None:
+            raise SigliteError("--max-num-patches is not passed to Ray Serve replicas yet; serve without --distributed")
         try:
             import ray.serve  # noqa: F401
         except ImportError as e:
@@ -112,4 +117,12 @@ def run(args):
         torch.set_num_threads(args.threads)
 
     models = {name: siglite.load(path, **load_args) for name, path in specs.items()}
+    if args.max_num_patches is not None:
+        from ..preprocess.naflex import NaflexConfig
+
+        naflex_models = [m for m in models.values() if isinstance(m.image_config, NaflexConfig)]
+        if not naflex_models:
+            raise SigliteError("--max-num-patches applies to SigLIP 2 NaFlex models; none of --model is one")
+        for m in naflex_models:
+            apply_max_num_patches(m, args.max_num_patches)
     return run_server(models, settings, host=args.host, port=args.port, log_level=args.log_level)

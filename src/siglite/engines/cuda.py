@@ -20,6 +20,14 @@ swapped for mixed-precision ones):
 
 It runs on the CPU too (`device="cpu"`): there FP8 is emulated exactly and CUDA graphs are replaced by the same
 padding logic without capture, which is how the CPU test suite checks everything but speed.
+
+SigLIP 2 NaFlex (variable-resolution) towers run at one fixed patch budget (`num_patches`, default the checkpoint's
+processor's): the pipeline pads every batch to it, so a captured graph sees static shapes, (B, num_patches, p*p*3)
+patches and (B, 2) `spatial_shapes` as two graph inputs. The per-image position-embedding resize
+(`model.resize_pos_embed`) is written as batched tensor arithmetic on `spatial_shapes` with no host read, which is
+what capture needs (torch.export traces it with `spatial_shapes` as an input, see `siglite.export`); it has not yet
+been captured on a GPU, so a capture that fails falls back to eager for that batch size with a warning. FP8 is not
+offered for NaFlex (its calibration takes fixed-size pixels).
 """
 
 from __future__ import annotations
@@ -140,8 +148,9 @@ class MixedLayerNorm(nn.Module):
 
 
 def _writes_residual(name: str) -> bool:
-    """Linear layers (names inside a tower) whose output is added to the residual stream or is a tower output."""
-    return name == "head" or name.endswith(("proj", "fc2"))
+    """Linear layers (names inside a tower) whose output is added to the residual stream or is a tower output
+    (NaFlex's linear patch embedding starts the residual stream)."""
+    return name in ("head", "patch_embed") or name.endswith(("proj", "fc2"))
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -217,9 +226,13 @@ class GraphRunner:
     share one memory pool, which is safe because they never replay concurrently and outputs are consumed at once.
 
     Args:
-        fn: (size, ...) tensor -> tuple of tensors (or None) with batch first.
+        fn: one or more (size, ...) tensors -> tuple of tensors (or None) with batch first.
         sizes: batch sizes to run at; n must not exceed the largest.
-        capture: capture CUDA graphs (False: call `fn` on the padded input, the same logic without a GPU).
+        capture: capture CUDA graphs (False: call `fn` on the padded input, the same logic without a GPU). A capture
+            that raises falls back to calling `fn` for that size, with a warning.
+
+    Padding rows of integer inputs (NaFlex's `spatial_shapes`) hold ones, a valid 1x1 grid, so padded rows compute
+    finite values.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], tuple], sizes: Sequence[int], *, capture: bool):
@@ -241,34 +254,41 @@ class GraphRunner:
             raise ValueError(f"batch of {n} rows; this runner takes 1..{self.max_size}")
         return next(s for s in self.sizes if s >= n)
 
-    def __call__(self, x: torch.Tensor) -> tuple:
-        n = x.shape[0]
-        static_in, static_out, graph = self.captured.get(self.bucket(n)) or self._prepare(self.bucket(n), x)
-        static_in[:n].copy_(x)
+    def __call__(self, *xs: torch.Tensor) -> tuple:
+        n = xs[0].shape[0]
+        statics, static_out, graph = self.captured.get(self.bucket(n)) or self._prepare(self.bucket(n), xs)
+        for static, x in zip(statics, xs):
+            static[:n].copy_(x)
         if graph is not None:
             graph.replay()
             out = static_out
         else:
-            out = self.fn(static_in)
+            out = self.fn(*statics)
         return tuple(None if o is None else o[:n] for o in out)
 
-    def _prepare(self, size: int, like: torch.Tensor) -> tuple:
-        static_in = torch.zeros((size, *like.shape[1:]), dtype=like.dtype, device=like.device)
-        entry = (static_in, None, None)
+    def _prepare(self, size: int, like: tuple[torch.Tensor, ...]) -> tuple:
+        statics = tuple((torch.zeros if x.is_floating_point() else torch.ones)((size, *x.shape[1:]), dtype=x.dtype,
+                                                                                device=x.device) for x in like)
+        entry = (statics, None, None)
         if self.capture:
-            # Warm-up on a side stream, as torch.cuda.graphs requires: compiles, autotunes and fills the allocator.
-            side = torch.cuda.Stream(like.device)
-            side.wait_stream(torch.cuda.current_stream(like.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_RUNS):
-                    self.fn(static_in)
-            torch.cuda.current_stream(like.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool):
-                static_out = self.fn(static_in)
-            entry = (static_in, static_out, graph)
+            device = like[0].device
+            try:
+                # Warm-up on a side stream, as torch.cuda.graphs requires: compiles, autotunes, fills the allocator.
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(WARMUP_RUNS):
+                        self.fn(*statics)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                with torch.cuda.graph(graph, pool=self._pool):
+                    static_out = self.fn(*statics)
+                entry = (statics, static_out, graph)
+            except RuntimeError as e:  # e.g. an op that synchronises with the host: eager is always there
+                warnings.warn(f"CUDA graph capture failed for batch size {size} ({str(e).splitlines()[0][:200]}); "
+                              "running it eagerly", stacklevel=3)
         self.captured[size] = entry
         return entry
 
@@ -293,16 +313,26 @@ class CudaEngine(TorchEngine):
         graphs: capture CUDA graphs; default on CUDA. True on the CPU runs the padding logic without capture.
         graph_sizes: the batch sizes to capture; inputs are cut into chunks of the largest.
         fp8_backend: "scaled_mm" or "emulate" to force the FP8 matmul; default by hardware.
+        max_num_patches: SigLIP 2 NaFlex towers: the fixed patch budget every batch is padded to (`num_patches`;
+            default the tower's position grid, which is the hub checkpoints' processor budget, 256; `create` passes
+            the checkpoint processor's). Ignored for fixed-resolution towers.
     """
 
     name = "cuda"
 
     def __init__(self, model: Siglip, device: str | torch.device | None = None, dtype=None, *,
                  calib: np.ndarray | torch.Tensor | None = None, compile: str | None | bool = "auto",
-                 graphs: bool | None = None, graph_sizes: Sequence[int] = GRAPH_SIZES, fp8_backend: str | None = None):
+                 graphs: bool | None = None, graph_sizes: Sequence[int] = GRAPH_SIZES, fp8_backend: str | None = None,
+                 max_num_patches: int | None = None):
         device = _engine_device(device)
         precision = parse_precision(dtype)
         spec = PRECISIONS[precision]
+        naflex = model.vision is not None and model.vision.cfg.variable_resolution
+        if naflex and spec.fp8:
+            raise SigliteError(f"precision {precision!r}: FP8 is not offered for SigLIP 2 NaFlex in the cuda engine "
+                               "(its calibration takes fixed-size pixels); use bfloat16, float16 or float32")
+        # NaFlex: one fixed patch length, so that captured graphs see static shapes (the pipeline pads to it)
+        self.num_patches = _patch_budget(max_num_patches or model.vision.cfg.num_patches) if naflex else None
         super().__init__(model, device, torch.float32)  # float32 on the device first: FP8 calibrates on it
         self.precision, self.dtype = precision, spec.compute
         vision = self.model.vision
@@ -339,39 +369,51 @@ class CudaEngine(TorchEngine):
         vision.blocks = nn.ModuleList(torch.compile(b, mode=COMPILE_MODES[mode]) for b in vision.blocks)
         return mode
 
-    def _vision_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _vision_forward(self, x: torch.Tensor, spatial_shapes: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         try:
-            return self.model.vision(x)
+            return self.model.vision(x, spatial_shapes)
         except Exception as e:  # a compiler failure must not take the engine down; eager is always there
             if self._eager_blocks is None:
                 raise
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                           "running the vision tower eagerly", stacklevel=2)
             self.model.vision.blocks, self._eager_blocks, self.compile_mode = self._eager_blocks, None, None
-            return self.model.vision(x)
+            return self.model.vision(x, spatial_shapes)
 
     def describe(self) -> dict:
         """Engine settings, for reports."""
         return {"engine": self.name, "precision": self.precision, "device": str(self.device),
                 "compile": self.compile_mode, "graphs": self.graphs,
-                "graph_sizes": self.runner.sizes if self.runner else None}
+                "graph_sizes": self.runner.sizes if self.runner else None,
+                **({"num_patches": self.num_patches} if self.num_patches else {})}
 
     @torch.inference_mode()
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Compile and capture for these batch sizes now, so the first real call does not pay for it."""
         cfg = self._tower("vision").cfg
         for b in batch_sizes or (self.runner.sizes if self.runner else (1,)):
-            self.encode_image(torch.zeros(b, cfg.num_channels, cfg.image_size, cfg.image_size, device=self.device))
+            if self.num_patches:  # NaFlex: full-budget patches, 1x1 grids (capture does not depend on values)
+                self.encode_image(torch.zeros(b, self.num_patches, cfg.num_channels * cfg.patch_size**2,
+                                              device=self.device), spatial_shapes=np.ones((b, 2), np.int64))
+            else:
+                self.encode_image(torch.zeros(b, cfg.num_channels, cfg.image_size, cfg.image_size, device=self.device))
 
     @torch.inference_mode()
-    def encode_image(self, pixels: np.ndarray | torch.Tensor, tokens: bool = False):
+    def encode_image(self, pixels: np.ndarray | torch.Tensor, tokens: bool = False,
+                     spatial_shapes: np.ndarray | torch.Tensor | None = None):
         """(N, 3, H, W) float32, numpy or a tensor (already on the GPU, e.g. from `preprocess.gpu.decode_batch_gpu`)
-        -> pooler_output (N, D), last_hidden_state (N, T, D) if tokens (float32 numpy)."""
+        -> pooler_output (N, D), last_hidden_state (N, T, D) if tokens (float32 numpy).
+
+        NaFlex towers take (N, L, p*p*3) patches with L <= `num_patches` (padded up to it here) and their (N, 2)
+        `spatial_shapes`; last_hidden_state then has `num_patches` tokens, those past rows*cols being padding."""
         vision = self._tower("vision")
         check_pooled(vision.head is not None, tokens)
+        pixels, shapes = self._naflex_inputs(pixels, spatial_shapes)
         pooled, hidden, finite = [], [], []
-        for x in self._device_chunks(pixels):
-            h, p = self.runner(x) if self.runner is not None else self._vision_forward(x)
+        for k, x in enumerate(self._device_chunks(pixels)):
+            args = (x,) if shapes is None else (x, shapes[k * self.chunk:k * self.chunk + len(x)])
+            h, p = self.runner(*args) if self.runner is not None else self._vision_forward(*args)
             finite.append(torch.isfinite(p if p is not None else h).all())
             if p is not None:
                 pooled.append(self._to_host(p))
@@ -388,6 +430,24 @@ class CudaEngine(TorchEngine):
         out_h = (torch.cat(hidden).numpy() if hidden else np.zeros((0, vision.cfg.num_tokens, D), np.float32)) \
             if tokens else None
         return out_p, out_h
+
+    def _naflex_inputs(self, pixels, spatial_shapes):
+        """NaFlex: patches padded to `num_patches` and the grids as a device tensor; fixed-size towers: as given."""
+        if self.num_patches is None:
+            if spatial_shapes is not None:
+                raise SigliteError("spatial_shapes is for SigLIP 2 NaFlex towers; this one takes (N, 3, H, W) pixels")
+            return pixels, None
+        if spatial_shapes is None:
+            raise SigliteError("a SigLIP 2 NaFlex tower needs spatial_shapes (N, 2) with its (N, L, p*p*3) patches")
+        length = pixels.shape[1]
+        if length > self.num_patches:
+            raise SigliteError(f"{length} patches per image; this engine runs at max_num_patches={self.num_patches}")
+        if length < self.num_patches:
+            pad = (0, 0, 0, self.num_patches - length)
+            pixels = F.pad(pixels, pad) if isinstance(pixels, torch.Tensor) else \
+                np.pad(pixels, ((0, 0), (0, self.num_patches - length), (0, 0)))
+        return pixels, torch.as_tensor(np.asarray(spatial_shapes) if not isinstance(spatial_shapes, torch.Tensor)
+                                       else spatial_shapes, dtype=torch.int64).to(self.device)
 
     def _to_host(self, t: torch.Tensor) -> torch.Tensor:
         """Enqueue the copy of an output to (pinned) host memory on the current stream; valid after a synchronize."""
@@ -451,11 +511,18 @@ def _raise_recompile_limit(limit: int = 64) -> None:
             setattr(cfg, name, max(getattr(cfg, name), limit))
 
 
+def _patch_budget(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise SigliteError(f"max_num_patches must be a positive int, got {n!r}")
+    return int(n)
+
+
 def create(folder, *, device=None, dtype=None, allow_pickle: bool = False, **kw) -> CudaEngine:
     from ..checkpoints import load_model
 
     _, model = load_model(folder, allow_pickle=allow_pickle)
-    if model.vision is not None and model.vision.cfg.variable_resolution:
-        raise SigliteError(f"{folder}: SigLIP 2 NaFlex (variable resolution) is not supported by the cuda engine yet; "
-                           "use engine='torch' (it runs on CUDA too)")
+    if model.vision is not None and model.vision.cfg.variable_resolution and kw.get("max_num_patches") is None:
+        from ..preprocess.naflex import load_image_config
+
+        kw["max_num_patches"] = load_image_config(folder).max_num_patches  # the checkpoint's processor budget
     return CudaEngine(model, device=device, dtype=dtype, **kw)

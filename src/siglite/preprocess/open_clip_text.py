@@ -36,15 +36,15 @@ N_MERGES = 49152 - 256 - 2  # SimpleTokenizer keeps merges[1:49152-256-2+1] of i
 
 
 def basic_clean(text: str) -> str:
-    """open_clip `basic_clean`: ftfy.fix_text (when installed: it repairs mojibake and also uncurls quotes, unifies
-    full-width forms and NFC-normalises, so texts with those differ without it), then html.unescape twice, strip."""
+    """OpenAI CLIP / open_clip `basic_clean` (openai/CLIP `clip/simple_tokenizer.py`, open_clip `tokenizer.py`):
+    ftfy.fix_text (repairs mojibake such as "cafÃ©", decodes HTML entities, uncurls quotes, unifies full-width forms,
+    NFC-normalises), then html.unescape twice, strip. ftfy is a core dependency: CLIP was trained on text cleaned so,
+    and both references apply it whenever it is installed."""
     try:
         import ftfy
-
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
-    return html.unescape(html.unescape(text)).strip()
+    except ImportError as e:  # a broken install: say what is missing rather than tokenize differently
+        raise LoadError(f"CLIP tokenization needs ftfy ({e}); pip install ftfy") from None
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
 
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

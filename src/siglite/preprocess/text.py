@@ -27,7 +27,10 @@ truncation=True)``. What that does depends on which class AutoTokenizer picks fo
   letter runs, single digits, punctuation runs; the two special tokens kept whole); ``<|startoftext|>`` and
   ``<|endoftext|>`` around the text (RobertaProcessing), truncated to ``max_length`` (77) and padded on the right
   with the configured pad token (``<|endoftext|>`` by default). -> ``kind == "tokenizers"``, the same
-  ``tokenizers`` calls.
+  ``tokenizers`` calls, after OpenAI CLIP's ``basic_clean`` (ftfy.fix_text, html.unescape twice, strip), which
+  transformers 4's pure-Python CLIPTokenizer (ftfy installed), OpenAI CLIP and open_clip apply and transformers 5's
+  CLIPTokenizer no longer does: the ids equal transformers 5's on text ftfy leaves alone, and differ where it
+  repairs something (mojibake "cafÃ©", HTML entities "&amp;", curly quotes, full-width letters).
 
 Any other tokenizer class raises ``LoadError`` instead of guessing.
 """
@@ -45,6 +48,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from siglite.errors import LoadError, SigliteError
+
+from .open_clip_text import basic_clean
 
 __all__ = ["TextTokenizer", "load_tokenizer"]
 
@@ -885,6 +890,8 @@ class _TokenizersTokenizer(TextTokenizer):
     def _encode_rows(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
         if not texts:
             return []
+        if self.tokenizer_class in _CLIP_CLASSES:  # OpenAI CLIP's cleaning first; transformers 5 dropped it
+            texts = [basic_clean(t) for t in texts]
         encodings = self._tok.encode_batch(texts, add_special_tokens=True, is_pretokenized=False)
         return [(e.ids, e.attention_mask) for e in encodings]
 
@@ -901,6 +908,7 @@ class _TokenizersTokenizer(TextTokenizer):
             "max_length": self.max_length,
             "lowercase": bool(lowercase),
             "canonicalize": None,
+            "clean": "ftfy+html" if self.tokenizer_class in _CLIP_CLASSES else None,
             "vocab_size": int(self._tok.get_vocab_size(with_added_tokens=True)),
             "pad_id": self.pad_token_id,
             "eos_id": self.eos_token_id,

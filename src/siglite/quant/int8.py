@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..metrics import cosine_summary
+from .calib import VisionInputs
 from .isa import CpuIsa, detect
 from .smooth import channel_producer, migrate, move_channels_last, search_alpha, tower_layers
 from .stats import InputStats, collect
@@ -256,19 +257,21 @@ def _output_sample(weight: torch.Tensor, recipe: Recipe) -> torch.Tensor:
 
 
 class Probe:
-    """The model's outputs on the held-out calibration inputs, and how far another run of it lands from them."""
+    """The model's outputs on the held-out calibration inputs, and how far another run of it lands from them.
 
-    def __init__(self, model, pixels: torch.Tensor | None, ids: torch.Tensor | None, mask: torch.Tensor | None):
-        self.pixels, self.ids, self.mask = pixels, ids, mask
+    `images`: a `calib.VisionInputs` (NaFlex patches with their grids) or a plain (N, 3, H, W) pixel tensor."""
+
+    def __init__(self, model, images, ids: torch.Tensor | None, mask: torch.Tensor | None):
+        self.images, self.ids, self.mask = VisionInputs.of(images), ids, mask
         self.reference = self.outputs(model)
 
     @torch.inference_mode()
     def outputs(self, model, towers: tuple[str, ...] = ("vision", "text")) -> dict[str, torch.Tensor]:
         out: dict[str, list] = {}
-        if self.pixels is not None and model.vision is not None and "vision" in towers:
-            for i in range(0, len(self.pixels), BATCH):
-                hidden, pooled = model.vision(self.pixels[i:i + BATCH])
-                out.setdefault("vision_hidden", []).append(hidden)
+        if self.images is not None and model.vision is not None and "vision" in towers:
+            for batch in self.images.batches(BATCH):
+                hidden, pooled = batch.forward(model.vision)
+                out.setdefault("vision_hidden", []).append(batch.real_tokens(hidden))
                 if pooled is not None:
                     out.setdefault("vision_pooled", []).append(pooled)
         if self.ids is not None and model.text is not None and "text" in towers:
@@ -283,27 +286,27 @@ class Probe:
         return {k: cosine_summary(self.reference[k], got[k]) for k in got}
 
     @torch.inference_mode()
-    def block_inputs(self, model) -> list[list[torch.Tensor]]:
-        """Per vision batch, the input of every block and the last block's output (L + 1 tensors), as `model` runs
-        now: the prefix that `fidelity_from` does not re-run."""
+    def block_inputs(self, model) -> list[tuple]:
+        """Per vision batch, (the batch, its attention key mask, the input of every block and the last block's output
+        (L + 1 tensors)), as `model` runs now: the prefix that `fidelity_from` does not re-run."""
         out = []
-        for i in range(0, len(self.pixels), BATCH):
-            x = model.vision.embed(self.pixels[i:i + BATCH])
+        for batch in self.images.batches(BATCH):
+            x, mask = batch.embed(model.vision)
             xs = [x]
             for block in model.vision.blocks:
-                x = block(x)
+                x = block(x, mask)
                 xs.append(x)
-            out.append(xs)
+            out.append((batch, mask, xs))
         return out
 
     @torch.inference_mode()
-    def fidelity_from(self, model, start: int, cached: list[list[torch.Tensor]]) -> dict[str, dict]:
+    def fidelity_from(self, model, start: int, cached: list[tuple]) -> dict[str, dict]:
         """`fidelity(model, ("vision",))` for a model that differs from the one `cached` was taken from only in
         block `start` or later (`len(blocks)`: the head): the blocks before it are not run again."""
         got: dict[str, list] = {}
-        for xs in cached:
-            hidden, pooled = model.vision.forward_from(xs[start], start)
-            got.setdefault("vision_hidden", []).append(hidden)
+        for batch, mask, xs in cached:
+            hidden, pooled = model.vision.forward_from(xs[start], start, mask)
+            got.setdefault("vision_hidden", []).append(batch.real_tokens(hidden))
             if pooled is not None:
                 got.setdefault("vision_pooled", []).append(pooled)
         return {k: cosine_summary(self.reference[k], torch.cat(v)) for k, v in got.items()}
@@ -384,13 +387,13 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     t0 = time.perf_counter()
     model = copy.deepcopy(model).float().eval()
     layers = tower_layers(model, "vision") + tower_layers(model, "text")
-    fit_px = torch.from_numpy(calibration.fit_pixels) if calibration.fit_pixels is not None else None
+    fit_images = calibration.fit_images  # VisionInputs: pixels, or NaFlex patches + grids
     fit_ids, fit_mask = _tokenize(tokenizer, calibration.fit_texts)
 
     def run_fit():
-        if fit_px is not None and model.vision is not None:
-            for i in range(0, len(fit_px), BATCH):
-                model.vision(fit_px[i:i + BATCH])
+        if fit_images is not None and model.vision is not None:
+            for batch in fit_images.batches(BATCH):
+                batch.forward(model.vision)
         if fit_ids is not None and model.text is not None:
             for i in range(0, len(fit_ids), BATCH):
                 model.text(fit_ids[i:i + BATCH], fit_mask[i:i + BATCH] if fit_mask is not None else None)
@@ -433,9 +436,9 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     times["migration"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    check_px = torch.from_numpy(calibration.check_pixels) if calibration.check_pixels is not None else None
+    check_images = calibration.check_images  # VisionInputs: pixels, or NaFlex patches + grids
     check_ids, check_mask = _tokenize(tokenizer, calibration.check_texts)
-    probe = Probe(model, check_px, check_ids, check_mask)
+    probe = Probe(model, check_images, check_ids, check_mask)
     times["reference"] = time.perf_counter() - t2
     p = Plan(model, recipe, target, plans, {}, times, probe.reference, probe)
     if simulate or (recipe.sensitivity and sensitivity_samples):
@@ -470,11 +473,11 @@ def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
     if recipe.sensitivity and (sensitivity_samples or need_fallback):
         n = sensitivity_samples or 4
         cut = (lambda t: t[:n] if t is not None else None)
-        small = Probe(model, cut(probe.pixels), cut(probe.ids), cut(probe.mask))
+        small = Probe(model, cut(probe.images), cut(probe.ids), cut(probe.mask))
         for w in wrappers.values():
             w.quantized = False
         # float prefix, computed once: a vision layer in block i changes nothing before block i
-        cached = small.block_inputs(sim) if small.pixels is not None and sim.vision is not None else None
+        cached = small.block_inputs(sim) if small.images is not None and sim.vision is not None else None
         for lp in plans:  # a layer changes only its own tower's outputs: run that tower alone
             wrappers[lp.name].quantized = True
             start = _vision_start(lp.name, sim) if cached is not None else None

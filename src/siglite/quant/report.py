@@ -115,8 +115,10 @@ def _mean(s: dict | None) -> str:
 
 
 def _calib(c: dict) -> str:
+    budget = f", NaFlex patch budget {c['max_num_patches']} (the INT8 graph's)" if c.get("max_num_patches") else ""
     return (f"{c['fit_images']} images + {c['fit_texts']} texts fit, {c['check_images']} images + "
-            f"{c['check_texts']} texts held out, {c['skipped_images']} images skipped, preprocess {c['preprocess']}")
+            f"{c['check_texts']} texts held out, {c['skipped_images']} images skipped, preprocess {c['preprocess']}"
+            f"{budget}")
 
 
 def _isa(isa: dict) -> str:

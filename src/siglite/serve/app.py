@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..pipeline import DEFAULT_TEMPLATE, Model
+from ..preprocess import naflex
 from ..preprocess.image import PREPROCESS, decode
 from .batcher import Batcher, BatchStats, EngineFailed, QueueFull
 from .metrics import Metrics
@@ -134,12 +135,19 @@ class ServedModel:
         cfg = self.model.config
         if modality == "text":
             return int((cfg.get("text_config") or {}).get("max_position_embeddings") or 0)
+        if isinstance(self.model.image_config, naflex.NaflexConfig):  # at most the budget (a batch is padded to it)
+            return self.model.patch_budget()
         vc = cfg.get("vision_config") or cfg
         size, patch = vc.get("image_size"), vc.get("patch_size")
         return int((size // patch) ** 2) if size and patch else 0
 
     # Batch functions: run in the engine thread.
-    def run_images(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+    def run_images(self, pixels: list) -> list[np.ndarray]:
+        cfg = self.model.image_config
+        if isinstance(cfg, naflex.NaflexConfig):  # items are (patches, (rows, cols)): pad the batch, pass the grids
+            batch = naflex.pad(pixels, cfg.patch_size**2 * 3, getattr(self.model.engine, "num_patches", None))
+            pooled, _ = self.model.engine.encode_image(batch.patches, spatial_shapes=batch.spatial_shapes)
+            return list(pooled)
         pooled, _ = self.model.engine.encode_image(np.stack(pixels))
         return list(pooled)
 
@@ -220,7 +228,9 @@ class LocalService:
                 for modality, b in sm.batchers.items():
                     if modality == "image":
                         c = sm.model.image_config
-                        payload = np.zeros((3, c.height, c.width), np.float32)
+                        payload = ((np.zeros((1, c.patch_size**2 * 3), np.float32), (1, 1))
+                                   if isinstance(c, naflex.NaflexConfig)
+                                   else np.zeros((3, c.height, c.width), np.float32))
                     else:
                         payload = "warm-up"
                     out = await b.submit(payload)
@@ -276,7 +286,11 @@ def prepare_image(value: str, index: int, sm: ServedModel, settings: ServeSettin
         raise ApiError(400, f"{where}: {exc.reason}", param=where, code="invalid_image") from None
     t2 = time.perf_counter()
     try:
-        pixels = PREPROCESS[settings.preprocess](rgb, sm.model.image_config)
+        cfg = sm.model.image_config
+        if isinstance(cfg, naflex.NaflexConfig):  # NaFlex keeps the aspect ratio: patches at the model's budget
+            pixels = naflex.preprocess(rgb, cfg, sm.model.patch_budget())
+        else:
+            pixels = PREPROCESS[settings.preprocess](rgb, cfg)
     except ImageError as exc:
         raise ApiError(400, f"{where}: {exc.reason}", param=where, code="invalid_image") from None
     t3 = time.perf_counter()

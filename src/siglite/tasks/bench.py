@@ -8,12 +8,18 @@ the seed's two numbers (``shared/seeds/002_54a2fa41193a2260.txt``: model time an
 * ``e2e``: decode + preprocess + encode from encoded image files or bytes (synthetic 640x480 JPEGs by default).
 
 ``baseline="transformers"`` times the reference (``SiglipVisionModel``, sdpa attention, same dtype, same pixels,
-``torch.inference_mode``) in the same run; each record then carries ``ratio_vs_transformers`` = the reference's
-median latency / its median latency at the same precision, batch size and mode (> 1: faster than the reference).
+``torch.inference_mode``; ``Siglip2VisionModel`` for SigLIP 2 NaFlex) in the same run; each record then carries
+``ratio_vs_transformers`` = the reference's median latency / its median latency at the same precision, batch size
+and mode (> 1: faster than the reference).
 
 Peak memory (``peak_memory_mb``) is what the timed run added on top of what was held before it: on CUDA
 ``torch.cuda.max_memory_allocated`` minus the allocation before; on CPU the peak resident set size (Linux ``VmHWM``,
 reset through ``/proc/self/clear_refs``) minus the resident size before. ``memory_mb`` is the peak in total.
+
+SigLIP 2 NaFlex checkpoints are timed at one fixed patch budget (``max_num_patches``, default: an exported folder's,
+else the checkpoint's): ``model`` mode feeds every target the same patches, each image at its own aspect ratio and
+padded to the budget, with ``spatial_shapes`` (and the reference its ``pixel_attention_mask``); ``e2e`` runs each
+side's own NaFlex processor at that budget. Records carry ``max_num_patches``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import SigliteError
+from ..preprocess.naflex import NaflexConfig, PatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +74,11 @@ def _is_cuda(device) -> bool:
 
 
 def siglite_target(folder: str | Path, engine: str = "torch", precision: str | None = None,
-                   device: str | None = None, preprocess: str = "resize", decode: str = "cpu") -> Target:
+                   device: str | None = None, preprocess: str = "resize", decode: str = "cpu",
+                   max_num_patches: int | None = None) -> Target:
     """A siglite engine loaded from `folder`; e2e decodes on the CPU, or with ``decode="gpu"`` through
-    `siglite.preprocess.gpu` (nvJPEG; the cuda engine takes its device tensors as they are)."""
+    `siglite.preprocess.gpu` (nvJPEG; the cuda engine takes its device tensors as they are). NaFlex models run at
+    the patch budget `max_num_patches` (`Model.patch_budget`)."""
     import siglite
 
     model = siglite.load(folder, engine=engine, device=device, dtype=precision)
@@ -77,6 +86,8 @@ def siglite_target(folder: str | Path, engine: str = "torch", precision: str | N
     dev = str(getattr(eng, "device", device or "cpu"))
     if decode not in ("cpu", "gpu"):
         raise SigliteError(f"unknown decode {decode!r}; choose cpu or gpu")
+    if isinstance(model.image_config, NaflexConfig):
+        return _naflex_target(model, dev, decode, max_num_patches)
 
     def run_images(imgs):
         if decode == "cpu":
@@ -90,12 +101,38 @@ def siglite_target(folder: str | Path, engine: str = "torch", precision: str | N
                   run_pixels=lambda px: eng.encode_image(px), run_images=run_images)
 
 
-def transformers_target(folder: str | Path, precision: str | None = None, device: str | None = None) -> Target:
+def _naflex_target(model, device: str, decode: str, max_num_patches: int | None) -> Target:
+    """A siglite NaFlex model as a `Target`: model mode takes a `naflex.PatchBatch`; e2e runs siglite's NaFlex
+    processor at the same budget."""
+    if decode != "cpu":
+        raise SigliteError("NaFlex models decode and patchify on the CPU; --decode gpu does not apply")
+    eng = model.engine
+    model.max_num_patches = model.patch_budget(max_num_patches)
+    pad_to = getattr(eng, "num_patches", None)  # an exported graph's fixed length (>= the budget)
+
+    def run_patches(batch):
+        patches = batch.patches
+        if pad_to is not None and patches.shape[1] < pad_to:
+            patches = np.pad(patches, ((0, 0), (0, pad_to - patches.shape[1]), (0, 0)))
+        return eng.encode_image(patches, spatial_shapes=batch.spatial_shapes)
+
+    return Target(engine=eng.name, precision=eng.precision, device=device, run_pixels=run_patches,
+                  run_images=lambda imgs: model.image_features(imgs, batch_size=len(imgs)))
+
+
+def transformers_target(folder: str | Path, precision: str | None = None, device: str | None = None,
+                        max_num_patches: int | None = None) -> Target:
     """The reference: transformers' ``SiglipVisionModel`` (sdpa attention) and, for e2e, its own image processor.
 
     Like the siglite engines it takes numpy pixels and returns the pooled output on the host, so both sides pay the
-    same copies.
+    same copies. A SigLIP 2 NaFlex folder is timed as ``Siglip2VisionModel`` with ``pixel_attention_mask`` and
+    ``spatial_shapes`` at the patch budget `max_num_patches` (model mode: a `naflex.PatchBatch`).
     """
+    from ..checkpoints.layout import read_image_processor
+    from ..preprocess.naflex import is_naflex_processor
+
+    if is_naflex_processor(read_image_processor(Path(folder))):
+        return _transformers_naflex_target(folder, precision, device, max_num_patches)
     try:
         from transformers import AutoImageProcessor, SiglipVisionModel
     except ImportError as e:
@@ -119,6 +156,35 @@ def transformers_target(folder: str | Path, precision: str | None = None, device
 
     return Target(engine="transformers", precision=str(dtype).removeprefix("torch."), device=str(dev),
                   run_pixels=lambda px: run_tensor(torch.from_numpy(px)), run_images=run_images)
+
+
+def _transformers_naflex_target(folder, precision, device, max_num_patches: int | None) -> Target:
+    try:
+        from transformers import AutoImageProcessor, Siglip2VisionModel
+    except ImportError as e:
+        raise SigliteError(f"the transformers baseline needs transformers ({e}; pip install 'siglite[dev]')") from e
+    from PIL import Image
+
+    from ..engines.torch import parse_dtype
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = parse_dtype(precision)
+    model = Siglip2VisionModel.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype).to(dev).eval()
+    processor = AutoImageProcessor.from_pretrained(str(folder))
+    budget = max_num_patches or processor.max_num_patches
+
+    @torch.inference_mode()
+    def run(patches, mask, shapes):
+        return model(pixel_values=torch.as_tensor(patches).to(dev, dtype), pixel_attention_mask=torch.as_tensor(
+            mask).to(dev), spatial_shapes=torch.as_tensor(shapes).to(dev)).pooler_output.float().cpu().numpy()
+
+    def run_images(imgs):
+        opened = [Image.open(io.BytesIO(i) if isinstance(i, bytes) else i).convert("RGB") for i in imgs]
+        x = processor(images=opened, max_num_patches=budget, return_tensors="pt")
+        return run(x["pixel_values"], x["pixel_attention_mask"], x["spatial_shapes"])
+
+    return Target(engine="transformers", precision=str(dtype).removeprefix("torch."), device=str(dev),
+                  run_pixels=lambda b: run(b.patches, b.mask, b.spatial_shapes), run_images=run_images)
 
 
 # -- measuring --------------------------------------------------------------------------------------------------------
@@ -224,7 +290,7 @@ def measure(target: Target, mode: str, batch_size: int, *, pixels: np.ndarray, i
     cuda = _is_cuda(target.device)
     bs = batch_size
     while True:
-        batch_px = pixels[np.arange(bs) % len(pixels)]
+        batch_px = _take(pixels, np.arange(bs) % _rows(pixels))
         batch_img = _cycle(images, bs)
         fn = (lambda: target.run_pixels(batch_px)) if mode == "model" else (lambda: target.run_images(batch_img))
         mem = PeakMemory(target.device)
@@ -247,6 +313,17 @@ def measure(target: Target, mode: str, batch_size: int, *, pixels: np.ndarray, i
             **latency_fields(seconds, bs), "peak_memory_mb": round(delta, 1), "memory_mb": round(peak, 1)}
 
 
+def _rows(inputs) -> int:
+    return len(inputs.patches) if isinstance(inputs, PatchBatch) else len(inputs)
+
+
+def _take(inputs, rows: np.ndarray):
+    """Rows of pixels (N, 3, H, W) or of a NaFlex `PatchBatch`."""
+    if isinstance(inputs, PatchBatch):
+        return PatchBatch(inputs.patches[rows], inputs.mask[rows], inputs.spatial_shapes[rows])
+    return inputs[rows]
+
+
 def add_ratios(records: list[dict], baseline: str = "transformers") -> list[dict]:
     """Set ``ratio_vs_<baseline>`` = the baseline's median latency / this record's, at the same device, precision,
     batch size and mode: the speed-up (> 1: faster). The median, not the mean, so one stalled iteration on a busy
@@ -267,7 +344,8 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
           batch_sizes: Sequence[int] = BATCH_SIZES, modes: Sequence[str] = ("model",), iters: int = 20,
           warmup: int = 3, device: str | None = None, baseline: str | None = None, images: Sequence | None = None,
           preprocess: str = "resize", threads: int | None = None, label: str | None = None,
-          skip_unavailable: bool = False, decode: str = "cpu", progress=None) -> list[dict]:
+          skip_unavailable: bool = False, decode: str = "cpu", max_num_patches: int | None = None,
+          progress=None) -> list[dict]:
     """Benchmark the vision tower of the checkpoint in `folder`.
 
     Args:
@@ -288,6 +366,8 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
         label: The model name to put in records (default: the folder).
         skip_unavailable: Log and skip engine/precision pairs that cannot load instead of raising.
         decode: siglite's e2e decode: "cpu" (`preprocess.image`) or "gpu" (`preprocess.gpu`, nvJPEG).
+        max_num_patches: SigLIP 2 NaFlex: the patch budget every target runs at (default: an exported folder's,
+            else the checkpoint's); an error for other models.
         progress: Called with 1 after each measurement (`siglite.progress`).
 
     Returns:
@@ -295,6 +375,8 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
     """
     from ..checkpoints.layout import read_image_processor
     from ..preprocess.image import ImageConfig, preprocess_batch
+    from ..preprocess.naflex import is_naflex_processor
+    from ..preprocess.naflex import preprocess_batch as naflex_batch
 
     if baseline is not None and baseline not in BASELINES:
         raise SigliteError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
@@ -307,16 +389,25 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
         torch.set_num_threads(threads)
     folder = Path(folder)
     processor = read_image_processor(folder)
-    if "max_num_patches" in processor:  # a Siglip2ImageProcessor: patches, not fixed-size pixels
-        raise SigliteError(f"{folder}: siglite bench times fixed-resolution towers; SigLIP 2 NaFlex is not supported yet")
-    cfg = ImageConfig.from_hf(processor)
     images = list(images)[:max(batch_sizes)] if images else synthetic_images(min(max(batch_sizes), 32))
-    pixels, _, _ = preprocess_batch(images, cfg, preprocess)  # the same pixels for every target
+    if is_naflex_processor(processor):  # SigLIP 2 NaFlex: patches at one fixed budget, not fixed-size pixels
+        cfg = NaflexConfig.from_hf(processor)
+        budget = _naflex_budget(folder, cfg, max_num_patches)
+        if preprocess != "resize":
+            raise SigliteError(f"NaFlex models keep the aspect ratio; --preprocess {preprocess} does not apply")
+        pixels, _, _ = naflex_batch(images, cfg, max_num_patches=budget, pad_to=budget)  # the same for every target
+        shape = f"{budget} patches"
+    else:
+        if max_num_patches is not None:
+            raise SigliteError("max_num_patches applies to NaFlex (siglip2) models only")
+        cfg = ImageConfig.from_hf(processor)
+        pixels, _, _ = preprocess_batch(images, cfg, preprocess)  # the same pixels for every target
+        budget, shape = None, f"{cfg.height}x{cfg.width}"
 
-    makers = [(e, p, lambda e=e, p=p: siglite_target(folder, e, p, device, preprocess, decode))
+    makers = [(e, p, lambda e=e, p=p: siglite_target(folder, e, p, device, preprocess, decode, budget))
               for e in engines for p in precisions]
     if baseline == "transformers":
-        makers += [("transformers", p, lambda p=p: transformers_target(folder, p, device)) for p in precisions]
+        makers += [("transformers", p, lambda p=p: transformers_target(folder, p, device, budget)) for p in precisions]
     records = []
     for engine, precision, make in makers:
         try:
@@ -331,8 +422,9 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
                 rec = measure(target, mode, bs, pixels=pixels, images=images, iters=iters, warmup=warmup)
                 if mode == "e2e" and target.engine != "transformers":
                     rec["decode"] = decode
-                records.append({"model": label or str(folder), "image_size": f"{cfg.height}x{cfg.width}",
-                                **rec, "threads": torch.get_num_threads() if not _is_cuda(target.device) else None})
+                records.append({"model": label or str(folder), "image_size": shape, **rec,
+                                "threads": torch.get_num_threads() if not _is_cuda(target.device) else None,
+                                **({"max_num_patches": budget} if budget is not None else {})})
                 log.info("%s", records[-1])
                 if progress is not None:
                     progress(1)
@@ -341,6 +433,17 @@ def bench(folder: str | Path, *, engines: Sequence[str | None] = (None,), precis
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return add_ratios(records) if baseline else records
+
+
+def _naflex_budget(folder: Path, cfg, max_num_patches: int | None) -> int:
+    """The patch budget a NaFlex bench runs at: the one asked for, else an exported folder's, else the checkpoint's."""
+    from ..artifact import is_exported, read_sidecar
+
+    exported = read_sidecar(folder).dims.get("num_patches") if is_exported(folder) else None
+    budget = max_num_patches or exported or cfg.max_num_patches
+    if exported is not None and budget > exported:
+        raise SigliteError(f"{folder}: exported for max_num_patches={exported}; {budget} does not fit")
+    return int(budget)
 
 
 def bench_spec(spec_name: str, *, vision_layers: int | None = None, seed: int = 0, **kw) -> list[dict]:

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import SigliteError
 from ..metrics import cosine_rows, mean_per_class_recall, mse_rows, recall_at_k, summarize, topk_accuracy
 from ..pipeline import DEFAULT_BATCH, DEFAULT_TEMPLATE, Model
+from ..preprocess import naflex
 from ..preprocess.image import preprocess_batch
 from ..data.datasets import LabelledImages
 
@@ -165,9 +166,11 @@ def fidelity(reference: Model, candidate: Model, images: Sequence, labels: Seque
              progress=None) -> dict:
     """How closely `candidate` (another engine or precision of the same model) reproduces `reference`.
 
-    Both see the same preprocessed pixels. Per image: cosine similarity and MSE of ``last_hidden_state`` flattened
-    to one vector (the seed's measure) and of ``pooler_output``. Each is summarised as mean, min, max, p1 (the
-    "1%-low": the 1st percentile, see `summarize`) and p99, in fields ``{hidden|pooled}_{cosine|mse}_{stat}``.
+    Both see the same preprocessed pixels (SigLIP 2 NaFlex: the same patches, at the candidate's patch budget, e.g. an
+    INT8 graph's; each image's own rows*cols tokens are compared). Per image: cosine similarity and MSE of
+    ``last_hidden_state`` flattened to one vector (the seed's measure) and of ``pooler_output``. Each is summarised
+    as mean, min, max, p1 (the "1%-low": the 1st percentile, see `summarize`) and p99, in fields
+    ``{hidden|pooled}_{cosine|mse}_{stat}``.
     With `labels` and `classnames`, also each model's zero-shot ``acc1``/``acc5`` and ``top1_agreement`` (fraction
     of images both rank the same class first). A candidate without a text tower is scored with the reference's
     class embeddings.
@@ -190,22 +193,38 @@ def fidelity(reference: Model, candidate: Model, images: Sequence, labels: Seque
         raise SigliteError("fidelity: labels need class names and one label per image")
     batch_size = batch_size or DEFAULT_BATCH
     same_pixels = reference.image_config == candidate.image_config
+    patches = isinstance(reference.image_config, naflex.NaflexConfig)
+    budget = candidate.patch_budget() if patches else None
     metrics: dict[str, list] = {f"{o}_{m}": [] for o in FIDELITY_OUTPUTS for m in ("cosine", "mse")}
     pooled_ref, pooled_cand, kept, failures = [], [], [], []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
-        pixels, ok, failed = preprocess_batch(chunk, reference.image_config, preprocess, on_error="skip",
-                                              max_pixels=reference.max_pixels, background=reference.background)
-        failures += [(start + i, reason) for i, reason in failed]
-        if not ok:
-            continue
-        cand_pixels = pixels if same_pixels else preprocess_batch(
-            [chunk[i] for i in ok], candidate.image_config, preprocess, max_pixels=candidate.max_pixels,
-            background=candidate.background)[0]
-        p_ref, h_ref = reference.engine.encode_image(pixels, tokens=True)
-        p_cand, h_cand = candidate.engine.encode_image(cand_pixels, tokens=True)
-        metrics["hidden_cosine"].append(cosine_rows(h_ref, h_cand))
-        metrics["hidden_mse"].append(mse_rows(h_ref, h_cand))
+        if patches:  # NaFlex: token counts vary per image, so both run through Model.encode_images
+            ref = reference.encode_images(chunk, preprocess=preprocess, tokens=True, batch_size=len(chunk),
+                                          max_num_patches=budget)
+            ok, failed = ref.indices, ref.failures
+            failures += [(start + i, reason) for i, reason in failed]
+            if not ok:
+                continue
+            cand = candidate.encode_images([chunk[i] for i in ok], preprocess=preprocess, tokens=True,
+                                           batch_size=len(ok), on_error="raise", max_num_patches=budget)
+            p_ref, p_cand = (ref.features, cand.features) if ref.features.size else (None, None)
+            pairs = [(a[None], b[None]) for a, b in zip(ref.tokens, cand.tokens)]  # one image at a time
+            metrics["hidden_cosine"].append(np.concatenate([cosine_rows(a, b) for a, b in pairs]))
+            metrics["hidden_mse"].append(np.concatenate([mse_rows(a, b) for a, b in pairs]))
+        else:
+            pixels, ok, failed = preprocess_batch(chunk, reference.image_config, preprocess, on_error="skip",
+                                                  max_pixels=reference.max_pixels, background=reference.background)
+            failures += [(start + i, reason) for i, reason in failed]
+            if not ok:
+                continue
+            cand_pixels = pixels if same_pixels else preprocess_batch(
+                [chunk[i] for i in ok], candidate.image_config, preprocess, max_pixels=candidate.max_pixels,
+                background=candidate.background)[0]
+            p_ref, h_ref = reference.engine.encode_image(pixels, tokens=True)
+            p_cand, h_cand = candidate.engine.encode_image(cand_pixels, tokens=True)
+            metrics["hidden_cosine"].append(cosine_rows(h_ref, h_cand))
+            metrics["hidden_mse"].append(mse_rows(h_ref, h_cand))
         if p_ref is not None and p_cand is not None:
             metrics["pooled_cosine"].append(cosine_rows(p_ref, p_cand))
             metrics["pooled_mse"].append(mse_rows(p_ref, p_cand))

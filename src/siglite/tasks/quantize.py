@@ -28,7 +28,8 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
              recipe: str | Recipe = "siglite", target: FidelityTarget | None = None, num_calib: int = 128,
              num_check: int = 16, calib_texts: str | None = None, num_texts: int = 64, preprocess: str = "resize",
              sensitivity_samples: int = 0, revision: str | None = None, allow_pickle: bool = False,
-             progress=None, layer: int | list[int] | None = None, post_norm: bool = False) -> dict:
+             progress=None, layer: int | list[int] | None = None, post_norm: bool = False,
+             max_num_patches: int | None = None) -> dict:
     """Post-training INT8 quantization of a checkpoint's towers (see `siglite.quant.int8` for the recipe).
 
     Args:
@@ -51,15 +52,18 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         layer: cut the vision tower at this layer first (see `siglite.export.export`): only the blocks up to it are
             calibrated, quantized and written, and fidelity is measured on that layer's tokens.
         post_norm: apply the final LayerNorm to the cut layer.
+        max_num_patches: SigLIP 2 NaFlex models: the fixed patch budget the INT8 vision graph runs at (default: the
+            checkpoint's image processor's, 256 for the hub checkpoints); calibration images are cut into at most
+            that many patches at their own aspect ratio and padded to it. An error for fixed-resolution models.
 
     Returns:
         The report (also written as ``quant_report.json`` and ``.md`` in `out`).
     """
-    from ..export import build_sidecar, cut_model, export_onnx_graphs, prepare_folder
+    from ..export import build_sidecar, cut_model, export_onnx_graphs, naflex_patch_budget, prepare_folder
     from ..checkpoints import resolve
     from ..checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
     from ..heads import load_network
-    from ..preprocess.image import ImageConfig
+    from ..preprocess.naflex import image_config_from_hf
 
     if engine not in ENGINES:
         raise SigliteError(f"unknown INT8 engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -72,17 +76,15 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     t0 = time.perf_counter()
     source = resolve(model, revision=revision)
     net = cut_model(load_network(source, allow_pickle=allow_pickle), layer, post_norm)
-    if net.vision is not None and net.vision.cfg.variable_resolution:
-        raise SigliteError(f"{model}: INT8 quantization of SigLIP 2 NaFlex (variable resolution) is not supported yet; "
-                           "export it in float32 (siglite export) instead")
+    num_patches = naflex_patch_budget(net, source, max_num_patches)  # NaFlex: the graph's fixed budget; else None
     if hasattr(net, "classifier"):  # a fine-tuned classifier: its logits, not the unused pooling head
         from ..heads import without_pooling_head
 
         net = without_pooling_head(net)
-    image_config = ImageConfig.from_hf(read_image_processor(source)) if net.vision is not None else None
+    image_config = image_config_from_hf(read_image_processor(source)) if net.vision is not None else None
     tokenizer = load_tokenizer(source, net.text.cfg.max_position_embeddings) if net.text is not None else None
     cal = prepare(calib, image_config, num_images=num_calib, num_check=num_check, texts=calib_texts,
-                  num_texts=num_texts, preprocess=preprocess)
+                  num_texts=num_texts, preprocess=preprocess, max_num_patches=num_patches)
     t_read = time.perf_counter() - t0
 
     # Every layer planned in INT8, written and measured in the runtime that serves it; only if that misses the
@@ -96,11 +98,13 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     def write_and_measure():
         nonlocal t_export, t_check
         t1 = time.perf_counter()
-        graphs = export_onnx_graphs(p.model, out)
+        graphs = export_onnx_graphs(p.model, out, num_patches=num_patches)
         write_int8_graphs(p, out, graphs["files"])
         kept = [lp.name for lp in p.layers if not lp.quantized]
         summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
                    "weight_max": p.recipe.weight_max, "cpu_isa": isa.name, "report": report_mod.REPORT_JSON}
+        if num_patches is not None:  # NaFlex: calibrated, measured and exported at this patch budget
+            summary["max_num_patches"] = num_patches
         sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
                                 quantization=summary)
         sidecar.engine = engine
@@ -126,7 +130,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
 
     info = p.to_dict()
     rep = {"model": str(model), "output": str(out), "engine": engine, "precision": "int8",
-           "vision_layer": sidecar.vision_layer, "post_norm": sidecar.post_norm,
+           "vision_layer": sidecar.vision_layer, "post_norm": sidecar.post_norm, "max_num_patches": num_patches,
            "recipe_name": recipe_name, "recipe": info["recipe"], "target": info["target"],
            "calibration": {**cal.describe(), "preprocess": preprocess, "failures": cal.failures[:20]},
            "layers": info["layers"], "float32_layers": kept,
@@ -158,6 +162,11 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
             data.unlink(missing_ok=True)
 
 
+def _grids(batch) -> dict:
+    """The engine keyword that carries NaFlex patch grids (none for fixed-size pixels)."""
+    return {} if batch.spatial_shapes is None else {"spatial_shapes": batch.spatial_shapes.numpy()}
+
+
 def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, tokenizer,
                     reference_outputs: dict | None = None) -> dict:
     """Fidelity of the written folder, served by `engine`, against the float32 torch model on the held-out inputs:
@@ -174,15 +183,17 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
     taps = {"layer": sc.vision_layer, "post_norm": sc.post_norm} if sc.vision_layer is not None else {}
     with torch.inference_mode():
         if cal.check_pixels is not None and reference.vision is not None:
-            got = [served.encode_image(cal.check_pixels[i:i + BATCH], tokens=True, **taps)
-                   for i in range(0, len(cal.check_pixels), BATCH)]
+            # NaFlex: patches padded to the graph's budget + their grids; padded tokens zeroed before comparing (as
+            # `Probe.outputs`, hence `reference_outputs`, already has them)
+            batches = list(cal.check_images.batches(BATCH))
+            got = [served.encode_image(b.pixels.numpy(), tokens=True, **taps, **_grids(b)) for b in batches]
+            got_hidden = np.concatenate([b.real_tokens(g[1]) for b, g in zip(batches, got)])
             known = reference_outputs or {}
             if "vision_hidden" in known and ("vision_pooled" in known or reference.vision.head is None):
                 ref = [(known["vision_hidden"], known.get("vision_pooled"))]
             else:
-                ref = [reference.vision(torch.from_numpy(cal.check_pixels[i:i + BATCH]))
-                       for i in range(0, len(cal.check_pixels), BATCH)]
-            out["vision_hidden"] = cosine_summary(torch.cat([r[0] for r in ref]), np.concatenate([g[1] for g in got]))
+                ref = [(b.real_tokens(h), p) for b in batches for h, p in [b.forward(reference.vision)]]
+            out["vision_hidden"] = cosine_summary(torch.cat([r[0] for r in ref]), got_hidden)
             if reference.vision.head is not None:
                 ref_pooled = torch.cat([r[1] for r in ref]).numpy()
                 got_pooled = np.concatenate([g[0] for g in got])

@@ -39,7 +39,10 @@ class ShardWorker:
         import siglite
 
         args = dict(load_args)
+        budget = args.pop("max_num_patches", None)  # NaFlex patch budget (siglite embed --max-num-patches)
         model = siglite.load(args.pop("name_or_path"), **args)
+        if budget is not None:
+            model.max_num_patches = model.patch_budget(budget)
         self.step = make_step(model, source, cfg)
         self.out = OutputDir(out, source.modality)
         self.dims = dims

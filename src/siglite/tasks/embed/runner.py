@@ -144,6 +144,8 @@ def job_settings(model: Model, source: Source, cfg: EmbedConfig) -> dict:
                         max_pixels=model.max_pixels, background=list(model.background))
         if cfg.layer is not None:  # only when set, so the hash of a default job stays what it was
             settings.update(layer=cfg.layer, post_norm=cfg.post_norm)
+        if isinstance(model.image_config, naflex.NaflexConfig):  # the budget this job runs at (a resume must match)
+            settings["image"]["max_num_patches"] = model.patch_budget()
     else:
         settings.update(tokenizer=model.tokenizer.settings())
     return settings
@@ -253,14 +255,15 @@ def make_step(model: Model, source: Source, cfg: EmbedConfig):
 
 
 def prepare_patches(source: Source, items: list[Item], cfg: naflex.NaflexConfig, max_pixels: int | None,
-                    background: tuple, pad_to: int | None) -> Prepared:
-    """`prepare_images` for NaFlex models: each image at its own aspect ratio, the batch padded to its longest."""
+                    background: tuple, pad_to: int | None, max_num_patches: int | None = None) -> Prepared:
+    """`prepare_images` for NaFlex models: each image at its own aspect ratio with at most `max_num_patches`
+    patches (default the config's), the batch padded to its longest (or to `pad_to`)."""
     items_ok, failures = [], []
     meta = {name: [] for name, _ in METADATA_COLUMNS["image"]}
     for item in items:
         try:
             rgb = decode(source.load(item), max_pixels=max_pixels, background=background)
-            items_ok.append(naflex.preprocess(rgb, cfg))
+            items_ok.append(naflex.preprocess(rgb, cfg, max_num_patches))
         except ImageError as exc:
             failures.append({"id": item.id, "key": item.key, "source": item.path, "reason": exc.reason})
             continue
@@ -270,7 +273,8 @@ def prepare_patches(source: Source, items: list[Item], cfg: naflex.NaflexConfig,
 
 
 class PatchStep(ImageStep):
-    """Pooled embeddings of a NaFlex model at the checkpoint's patch budget (`model.image_config.max_num_patches`).
+    """Pooled embeddings of a NaFlex model at its patch budget (`Model.patch_budget`: the model's
+    `max_num_patches`, else an exported graph's, else the checkpoint's).
     Per-patch tokens vary in number per image and do not fit the (N, T, D) token shards."""
 
     def __init__(self, model: Model, source: Source, cfg: EmbedConfig):
@@ -285,7 +289,7 @@ class PatchStep(ImageStep):
     def submit(self, pool: Executor, items: list[Item]) -> Future:
         m = self.model
         return pool.submit(prepare_patches, self.source, items, m.image_config, m.max_pixels, m.background,
-                           getattr(m.engine, "num_patches", None))
+                           getattr(m.engine, "num_patches", None), m.patch_budget())
 
     def encode(self, prep: Prepared) -> tuple[np.ndarray | None, np.ndarray | None]:
         batch = prep.inputs
