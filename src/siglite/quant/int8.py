@@ -28,6 +28,7 @@ same round-half-to-even, same saturation. The exported model is then measured ag
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -407,32 +408,8 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
     # scales absorb exactly, so later folds do not undo earlier choices.
     t1 = time.perf_counter()
     plans = []
-    for name, fold, kind in layers:
-        st = stats[name]
-        linear = model.get_submodule(name)
-        alpha, s, errors = choose_alpha(st, linear.weight, recipe if fold else _no_migration(recipe))
-        if alpha:
-            migrate(model, name, fold, kind, s)
-        st.scale(s)  # the layer's input after migration
-        lp = LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, None)
-        producer = channel_producer(name)
-        if producer is not None and recipe.float_channels:
-            channels, ch_errors = choose_float_channels(st, linear.weight, recipe)
-            lp.channel_errors = {str(k): e for k, e in ch_errors.items()}
-            if len(channels):
-                st.permute(move_channels_last(model, name, producer, channels))
-                lp.float_channels = len(channels)
-                # a layer that hosts massive activations may meet ones calibration never showed (other channels,
-                # other tokens): one scale per token keeps such a token from taking every other token's precision
-                lp.per_token = recipe.activations == "dynamic"
-                # the producer makes them in float32 too: INT8 noise in its product would reach the massive values
-                # (a few tokens far above the rest), whose relative error the float slice exists to keep small
-                next(q for q in plans if q.name == producer).float_rows = len(channels)
-        if recipe.activations == "static":
-            split = len(st.lo) - lp.float_channels
-            lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
-        lp.reason = "int8"
-        plans.append(lp)
+    with _one_thread():  # many small ops: a parallel region each, whose barriers stall when the CPU is shared
+        _migrate_all(model, layers, stats, recipe, plans)
     times["migration"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -507,6 +484,48 @@ def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
     times["fallback"] = time.perf_counter() - t3
     p.fidelity = fidelity
     return p
+
+
+def _migrate_all(model, layers, stats, recipe: Recipe, plans: list) -> None:
+    """Per layer, in execution order: choose and apply the migration strength, the float channels (and their
+    producer's float rows, per-token scales), the static range; append its `LayerPlan` to `plans`."""
+    for name, fold, kind in layers:
+        st = stats[name]
+        linear = model.get_submodule(name)
+        alpha, s, errors = choose_alpha(st, linear.weight, recipe if fold else _no_migration(recipe))
+        if alpha:
+            migrate(model, name, fold, kind, s)
+        st.scale(s)  # the layer's input after migration
+        lp = LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, None)
+        producer = channel_producer(name)
+        if producer is not None and recipe.float_channels:
+            channels, ch_errors = choose_float_channels(st, linear.weight, recipe)
+            lp.channel_errors = {str(k): e for k, e in ch_errors.items()}
+            if len(channels):
+                st.permute(move_channels_last(model, name, producer, channels))
+                lp.float_channels = len(channels)
+                # a layer that hosts massive activations may meet ones calibration never showed (other channels,
+                # other tokens): one scale per token keeps such a token from taking every other token's precision
+                lp.per_token = recipe.activations == "dynamic"
+                # the producer makes them in float32 too: INT8 noise in its product would reach the massive values
+                # (a few tokens far above the rest), whose relative error the float slice exists to keep small
+                next(q for q in plans if q.name == producer).float_rows = len(channels)
+        if recipe.activations == "static":
+            split = len(st.lo) - lp.float_channels
+            lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
+        lp.reason = "int8"
+        plans.append(lp)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one thread for the duration (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _vision_start(name: str, model) -> int | None:
