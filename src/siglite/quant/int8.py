@@ -487,29 +487,39 @@ def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
 
 
 def _migrate_all(model, layers, stats, recipe: Recipe, plans: list) -> None:
-    """Per layer, in execution order: choose and apply the migration strength, the float channels (and their
-    producer's float rows, per-token scales), the static range; append its `LayerPlan` to `plans`."""
+    """Per layer, in execution order: choose and apply the migration strength and the static range; append its
+    `LayerPlan` to `plans`. The float channels (massive activations) are chosen first, from the statistics of the
+    unmigrated model (migration keeps every layer's input, so they hold after it), so that their producer's
+    migration strength is measured on the rows that stay INT8 (a massive row would skew its smoothing factors)."""
+    floats: dict[str, int] = {}  # layer -> float input channels; its producer -> as many float output rows
+    if recipe.float_channels:
+        for name, _, _ in layers:
+            producer = channel_producer(name)
+            if producer is None:
+                continue
+            st = stats[name]
+            channels, ch_errors = choose_float_channels(st, model.get_submodule(name).weight, recipe)
+            floats[name + "#errors"] = ch_errors
+            if len(channels):
+                st.permute(move_channels_last(model, name, producer, channels))
+                floats[name], floats[producer + "#rows"] = len(channels), len(channels)
     for name, fold, kind in layers:
         st = stats[name]
         linear = model.get_submodule(name)
-        alpha, s, errors = choose_alpha(st, linear.weight, recipe if fold else _no_migration(recipe))
+        rows = linear.weight.shape[0] - floats.get(name + "#rows", 0)
+        alpha, s, errors = choose_alpha(st, linear.weight[:rows], recipe if fold else _no_migration(recipe))
         if alpha:
             migrate(model, name, fold, kind, s)
         st.scale(s)  # the layer's input after migration
         lp = LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, None)
-        producer = channel_producer(name)
-        if producer is not None and recipe.float_channels:
-            channels, ch_errors = choose_float_channels(st, linear.weight, recipe)
-            lp.channel_errors = {str(k): e for k, e in ch_errors.items()}
-            if len(channels):
-                st.permute(move_channels_last(model, name, producer, channels))
-                lp.float_channels = len(channels)
-                # a layer that hosts massive activations may meet ones calibration never showed (other channels,
-                # other tokens): one scale per token keeps such a token from taking every other token's precision
-                lp.per_token = recipe.activations == "dynamic"
-                # the producer makes them in float32 too: INT8 noise in its product would reach the massive values
-                # (a few tokens far above the rest), whose relative error the float slice exists to keep small
-                next(q for q in plans if q.name == producer).float_rows = len(channels)
+        lp.float_rows = floats.get(name + "#rows", 0)
+        if name + "#errors" in floats:
+            lp.channel_errors = {str(k): e for k, e in floats[name + "#errors"].items()}
+        if floats.get(name):
+            lp.float_channels = floats[name]
+            # a layer that hosts massive activations may meet ones calibration never showed (other channels,
+            # other tokens): one scale per token keeps such a token from taking every other token's precision
+            lp.per_token = recipe.activations == "dynamic"
         if recipe.activations == "static":
             split = len(st.lo) - lp.float_channels
             lp.act_range = (float(st.lo[:split].min()), float(st.hi[:split].max()))
