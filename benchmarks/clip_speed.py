@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timing import interleaved  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
 SPEC = "clip-vit-base-patch32"
 TARGET_SPEEDUP = 2.0  # issue 12: INT8 >= 2x transformers fp32
 
@@ -45,19 +47,6 @@ def make_checkpoint(folder: Path, seed: int) -> Path:
     spec = get_spec(SPEC)
     save_checkpoint(random_model(spec, seed=seed, text=False), folder, spec)
     return folder
-
-
-def interleaved(fns: dict, pixels: np.ndarray, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call for each callable, timed round-robin after one warm-up call each."""
-    for fn in fns.values():
-        fn(pixels)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(pixels)
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def run(args, work: Path) -> tuple[list[dict], dict]:
@@ -96,7 +85,7 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
         parity = {name: fn(pixels) for name, fn in fns.items()}
         say(f"timing batch {batch}, {args.rounds} interleaved rounds")
         load = [os.getloadavg()[0]]
-        times = interleaved(fns, pixels, args.rounds)
+        times = {k: v["wall"] for k, v in interleaved(fns, pixels, args.rounds).items()}
         load.append(os.getloadavg()[0])
         base = float(np.median(times[next(iter(fns))]))
         for name, t in times.items():

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timing import interleaved  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # tokenizer_fixtures: a tokenizer made here, nothing downloaded
 
@@ -58,19 +60,6 @@ def images(n: int, seed: int, size: int) -> tuple[list, list[int]]:
 
     samples = generate(n, seed, size)
     return [s.image for s in samples], [s.label for s in samples]
-
-
-def interleaved(fns: dict, pixels: np.ndarray, rounds: int) -> dict[str, float]:
-    """Median seconds per batch for each callable, timed round-robin after one warm-up call each."""
-    for fn in fns.values():
-        fn(pixels)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(pixels)
-            times[name].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def run_variant(variant: str, args, work: Path) -> list[dict]:
@@ -116,7 +105,7 @@ def run_variant(variant: str, args, work: Path) -> list[dict]:
     fns = {("transformers (sdpa)", "float32"): baseline.run_pixels}
     fns.update({k: (lambda px, m=m: m.engine.encode_image(px)) for k, m in candidates.items()})
     load_before = os.getloadavg()[0]
-    seconds = interleaved(fns, pixels, args.rounds)
+    seconds = {k: float(np.median(v["wall"])) for k, v in interleaved(fns, pixels, args.rounds).items()}
     load_after = os.getloadavg()[0]
     base = seconds[("transformers (sdpa)", "float32")]
 

@@ -53,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timing import interleaved  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
 BAR = {"speed_vs_nncf": 1.1, "token_mean": 0.999, "token_p1": 0.998, "pooled_mean": 0.999, "quant_cpu_s": 120.0}
 KINDS = ("random", "outliers", "massive")
 
@@ -230,20 +232,6 @@ def transformers_baseline(folder: Path, family: str, tower: str):
     return f"transformers {cls}", run
 
 
-def interleaved(fns: dict, inputs: tuple, rounds: int) -> dict[str, dict]:
-    """Median wall and CPU seconds per batch for each callable, round-robin after one warm-up call each."""
-    for fn in fns.values():
-        fn(inputs)
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            _, w, c = timed(lambda fn=fn: fn(inputs))
-            wall[name].append(w)
-            cpu[name].append(c)
-    return {k: {"wall": float(np.median(wall[k])), "cpu": float(np.median(cpu[k]))} for k in fns}
-
-
 def prepare_inputs(model, tower: str, samples: list) -> tuple:
     """Images -> (pixels,) with the checkpoint's image settings; texts -> (ids, mask or None) with its tokenizer."""
     from siglite.preprocess.image import preprocess_batch
@@ -339,7 +327,8 @@ def run_kind(kind: str, args, work: Path, calib: list, held: list) -> dict:
     fns = {BASELINE: baseline}
     fns.update({k: call(e, tower) for k, e in engines.items()})
     load0 = os.getloadavg()
-    rec["seconds"] = interleaved(fns, batch_in, args.rounds)
+    rec["seconds"] = {k: {"wall": float(np.median(v["wall"])), "cpu": float(np.median(v["cpu"]))}
+                      for k, v in interleaved(fns, batch_in, args.rounds).items()}
     rec["loadavg"] = [load0, os.getloadavg()]
     rec["batch"] = count(batch_in)
     return rec

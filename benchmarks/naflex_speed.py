@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timing import interleaved  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+
 SPEC = "siglip2-base-patch16-naflex"
 ASPECTS = [(1, 1), (3, 4), (4, 3), (9, 16), (3, 1)]  # (height, width) ratios
 
@@ -46,18 +48,6 @@ def images(n: int, seed: int, side: int = 320) -> list:
         scale = side / max(h, w)
         out.append(s.image.resize((max(16, int(w * scale)), max(16, int(h * scale)))))
     return out
-
-
-def interleaved(fns: dict, batch, rounds: int) -> dict[str, list[float]]:
-    for fn in fns.values():
-        fn(batch)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(batch)
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def run(args, work: Path) -> tuple[list[dict], dict]:
@@ -105,7 +95,7 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
         say(f"timing batch {bs} (grids {[tuple(int(v) for v in s) for s in batch.spatial_shapes[:5]]}), "
             f"{args.rounds} interleaved rounds")
         load = [os.getloadavg()[0]]
-        times = interleaved(fns, batch, args.rounds)
+        times = {k: v["wall"] for k, v in interleaved(fns, batch, args.rounds).items()}
         load.append(os.getloadavg()[0])
         base = float(np.median(times[next(iter(fns))]))
         for name, t in times.items():
