@@ -491,32 +491,33 @@ def _migrate_all(model, layers, stats, recipe: Recipe, plans: list) -> None:
     `LayerPlan` to `plans`. The float channels (massive activations) are chosen first, from the statistics of the
     unmigrated model (migration keeps every layer's input, so they hold after it), so that their producer's
     migration strength is measured on the rows that stay INT8 (a massive row would skew its smoothing factors)."""
-    floats: dict[str, int] = {}  # layer -> float input channels; its producer -> as many float output rows
+    channels: dict[str, int] = {}  # reorderable layer -> float32 input channels
+    rows: dict[str, int] = {}  # its producer -> as many float32 output rows
+    errors_by_count: dict[str, dict] = {}  # reorderable layer -> {float channel count: error}
     if recipe.float_channels:
         for name, _, _ in layers:
             producer = channel_producer(name)
             if producer is None:
                 continue
             st = stats[name]
-            channels, ch_errors = choose_float_channels(st, model.get_submodule(name).weight, recipe)
-            floats[name + "#errors"] = ch_errors
-            if len(channels):
-                st.permute(move_channels_last(model, name, producer, channels))
-                floats[name], floats[producer + "#rows"] = len(channels), len(channels)
+            chosen, errors_by_count[name] = choose_float_channels(st, model.get_submodule(name).weight, recipe)
+            if len(chosen):
+                st.permute(move_channels_last(model, name, producer, chosen))
+                channels[name] = rows[producer] = len(chosen)
     for name, fold, kind in layers:
         st = stats[name]
         linear = model.get_submodule(name)
-        rows = linear.weight.shape[0] - floats.get(name + "#rows", 0)
-        alpha, s, errors = choose_alpha(st, linear.weight[:rows], recipe if fold else _no_migration(recipe))
+        int8_rows = linear.weight.shape[0] - rows.get(name, 0)
+        alpha, s, errors = choose_alpha(st, linear.weight[:int8_rows], recipe if fold else _no_migration(recipe))
         if alpha:
             migrate(model, name, fold, kind, s)
         st.scale(s)  # the layer's input after migration
         lp = LayerPlan(name, True, alpha, fold, {str(a): e for a, e in errors.items()}, None)
-        lp.float_rows = floats.get(name + "#rows", 0)
-        if name + "#errors" in floats:
-            lp.channel_errors = {str(k): e for k, e in floats[name + "#errors"].items()}
-        if floats.get(name):
-            lp.float_channels = floats[name]
+        lp.float_rows = rows.get(name, 0)
+        if name in errors_by_count:
+            lp.channel_errors = {str(k): e for k, e in errors_by_count[name].items()}
+        if name in channels:
+            lp.float_channels = channels[name]
             # a layer that hosts massive activations may meet ones calibration never showed (other channels,
             # other tokens): one scale per token keeps such a token from taking every other token's precision
             lp.per_token = recipe.activations == "dynamic"
