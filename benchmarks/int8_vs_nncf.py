@@ -301,7 +301,7 @@ def run_kind(kind: str, args, work: Path, calib: list, held: list) -> dict:
                                             sensitivity_samples=args.sensitivity_samples, progress=say, **kw))
     rec["siglite_quant"] = {"wall_s": wall, "cpu_s": cpu, "float32_layers": rep["float32_layers"],
                             "n_linear": len(rep["layers"]), "cpu_isa": rep["cpu_isa"]["name"],
-                            "weight_max": rep["cpu_isa"]["weight_max_used"], "timings_s": rep["timings_s"],
+                            "weight_dtype": rep["cpu_isa"]["weight_dtype"], "timings_s": rep["timings_s"],
                             "float_channels": {lp["name"]: lp["float_channels"] for lp in rep["layers"]
                                                if lp.get("float_channels")},
                             "calibration": rep["calibration"], "runtime_fidelity": rep["fidelity"]["runtime"]}
@@ -382,7 +382,7 @@ def markdown(records: list[dict], args) -> str:
              f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds (median); {args.images} "
              f"calibration {what} (+{args.check} held out by siglite), fidelity vs siglite torch fp32 on "
              f"{args.eval} held-out {what}. CPU: {cpu_name()}, siglite weights for {sq['cpu_isa']} "
-             f"(+-{sq['weight_max']}). Load average (1/5/15 min) at timing: "
+             f"(8-bit, stored {sq['weight_dtype']}). Load average (1/5/15 min) at timing: "
              + "; ".join(f"{r['kind']} {'/'.join(f'{x:.1f}' for x in r['loadavg'][0])}" for r in records) + "."]
     if args.tower == "text":
         notes.append("text: the exported text graphs output pooler_output only (SigLIP pooler_output, CLIP "

@@ -5,7 +5,9 @@ runtime's; the CLI flow writes a report and a folder that serves through the sam
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +134,13 @@ def test_report_and_sidecar(quantized):
     assert set(runtime) >= {"vision_hidden", "vision_pooled", "text_pooled", "zero_shot_top1_agreement"}
     md = (quantized / "quant_report.md").read_text()
     assert "## Fidelity against float32" in md and "vision last_hidden_state" in md
-    isa = detect()  # the weight range was chosen for this CPU, and the report and sidecar say which
-    assert report["cpu_isa"]["name"] == isa.name and report["cpu_isa"]["weight_max_used"] == isa.weight_max
-    assert report["recipe"]["weight_max"] == isa.weight_max and f"| CPU instruction set | {isa.name}" in md
+    isa = detect()  # the weight storage was chosen for this CPU, and the report and sidecar say which
+    assert report["cpu_isa"]["name"] == isa.name and report["cpu_isa"]["weight_dtype"] == isa.weight_dtype
+    assert report["recipe"]["weight_max"] == 127 and f"| CPU instruction set | {isa.name}" in md
     sidecar = json.loads((quantized / "siglite.json").read_text())
     assert sidecar["precision"] == "int8" and sidecar["engine"] == "onnxruntime"
     assert sidecar["quantization"]["recipe"] == "siglite"
-    assert sidecar["quantization"]["weight_max"] == isa.weight_max and sidecar["quantization"]["cpu_isa"] == isa.name
+    assert sidecar["quantization"]["weight_dtype"] == isa.weight_dtype and sidecar["quantization"]["cpu_isa"] == isa.name
 
 
 def test_quantized_model_serves_through_api_and_cli(quantized, outlier_ckpt, sample_images, capsys):
@@ -173,32 +175,10 @@ def test_isa_from_cpu_flags():
     assert from_flags("avx2 avx512_vnni amx_bf16 amx_int8").name == "amx"
     assert from_flags("avx avx2 avx_vnni").name == "avx_vnni"
     assert from_flags("fp asimd asimddp").name == "arm_dotprod"
-    avx2, none = from_flags("sse4_2 avx avx2"), from_flags("fpu sse2")
-    assert (avx2.name, avx2.exact, avx2.weight_max) == ("avx2", False, 63)
-    assert (none.name, none.weight_max) == ("other", 63)
-
-
-@pytest.mark.parametrize("isa,weight_max", [("avx2", 63), ("avx512_vnni", 127), ("amx", 127)])
-def test_forced_isa_picks_the_weight_range(isa, weight_max, monkeypatch):
-    """Both branches, forced: the plan's simulated layers (what the sensitivity pass measures) and the written graph
-    use the weight range of the CPU quantized for."""
-    from siglite.quant.int8 import quantize_weight
-    from siglite.registry import get_spec
-    from siglite.checkpoints import random_model
-
-    monkeypatch.setenv(ENV, isa)
-    assert detect().forced and detect().weight_max == weight_max
-    spec = dataclasses.replace(get_spec("siglip-base-patch16-224"), vision={
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "image_size": 16, "patch_size": 8})
-    model = random_model(spec, text=False)
-    px = np.random.default_rng(0).uniform(-1, 1, (6, 3, 16, 16)).astype(np.float32)
-    p = plan(model, Calibration(px[:4], px[4:], [], [], []), None, "siglite", sensitivity_samples=0,
-             progress=lambda _: None)
-    assert p.recipe.weight_max == weight_max
-    q, _ = quantize_weight(p.model.vision.blocks[0].mlp.fc1.weight, p.recipe.weights, p.recipe.weight_max)
-    assert int(q.abs().max()) == weight_max  # every row's largest weight lands on the range's end
-    assert RECIPES["naive"].resolved().weight_max == 127  # recipes that name a range keep it
+    avx2, none, vnni = from_flags("sse4_2 avx avx2"), from_flags("fpu sse2"), from_flags("avx2 avx512_vnni")
+    assert (avx2.name, avx2.exact, avx2.weight_dtype) == ("avx2", False, "uint8")
+    assert (none.name, none.weight_dtype) == ("other", "uint8")
+    assert (vnni.exact, vnni.weight_dtype) == (True, "int8")
 
 
 def test_unknown_forced_isa_is_a_one_line_error(monkeypatch):
@@ -207,47 +187,67 @@ def test_unknown_forced_isa_is_a_one_line_error(monkeypatch):
         detect()
 
 
-def test_8bit_weights_are_served_narrowed_on_a_saturating_cpu(outlier_ckpt, quantized, calib_dir, sample_images,
-                                                              tmp_path, monkeypatch):
-    """A model quantized for a VNNI CPU (8-bit weights) loaded on a CPU whose u8*s8 kernels saturate (forced
-    avx2) is served with its weights re-quantized to 7 bits at load time, with a warning: close to float32, the
-    folder untouched. On an exact CPU it is served as stored, without a warning."""
-    import hashlib
-    import warnings
+def _stored_weights(folder: Path) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
 
+    return [numpy_helper.to_array(t) for f in sorted(folder.glob("*.onnx")) for t in onnx.load(str(f)).graph.initializer
+            if t.name.endswith("_int8_w")]
+
+
+@pytest.mark.parametrize("isa,dtype", [("avx2", np.uint8), ("avx512_vnni", np.int8)])
+def test_forced_isa_picks_the_weight_storage(outlier_ckpt, calib_dir, tmp_path, monkeypatch, isa, dtype):
+    """Both branches, forced: full 8-bit weights either way, stored signed for a CPU whose u8*s8 products accumulate
+    exactly and offset by 128 (u8*u8 kernels) for one where they can saturate; the report says which."""
+    from siglite.tasks.quantize import quantize
+
+    monkeypatch.setenv(ENV, isa)
+    rep = quantize(outlier_ckpt, str(calib_dir), tmp_path / isa, num_calib=16, num_check=8, progress=lambda s: None)
+    weights = _stored_weights(tmp_path / isa)
+    assert weights and all(w.dtype == dtype for w in weights)
+    signed = [w.astype(np.int16) - (128 if dtype == np.uint8 else 0) for w in weights]
+    assert max(int(np.abs(w).max()) for w in signed) == 127  # the full 8-bit range
+    assert rep["cpu_isa"]["name"] == isa and rep["cpu_isa"]["forced"]
+    assert rep["cpu_isa"]["weight_dtype"] == np.dtype(dtype).name and rep["recipe"]["weight_max"] == 127
+    assert ("uint8 offset by 128" in (tmp_path / isa / "quant_report.md").read_text()) == (dtype == np.uint8)
+
+
+def test_weights_are_converted_losslessly_for_the_serving_cpu(outlier_ckpt, calib_dir, sample_images, tmp_path,
+                                                              monkeypatch):
+    """A model quantized for a VNNI CPU (signed 8-bit weights) loaded on a CPU whose u8*s8 kernels saturate (forced
+    avx2) is served with its weights converted to the offset form at load time: exactly what quantizing for that
+    CPU serves (same numbers, same kernels), the folder untouched. On an exact CPU it is served as stored."""
+    import hashlib
+
+    from siglite.engines.graph import _convert_to
     from siglite.tasks.quantize import quantize
 
     monkeypatch.setenv(ENV, "avx512_vnni")
-    rep = quantize(outlier_ckpt, str(calib_dir), tmp_path / "vnni", num_calib=24, num_check=8,
-                   progress=lambda s: None)
-    assert rep["cpu_isa"]["weight_max_used"] == 127
+    quantize(outlier_ckpt, str(calib_dir), tmp_path / "vnni", num_calib=16, num_check=8, progress=lambda s: None)
     digest = {f.name: hashlib.sha1(f.read_bytes()).hexdigest() for f in (tmp_path / "vnni").glob("*.onnx")}
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        siglite.load(tmp_path / "vnni", engine="onnxruntime")
-    assert not [w for w in seen if "saturate" in str(w.message)]
-
     monkeypatch.setenv(ENV, "avx2")
-    with pytest.warns(UserWarning, match=r"this CPU \(avx2\) can saturate .* re-quantized to 7 bits"):
-        narrowed = siglite.load(tmp_path / "vnni", engine="onnxruntime")
+    quantize(outlier_ckpt, str(calib_dir), tmp_path / "avx2", num_calib=16, num_check=8, progress=lambda s: None)
+    converted = siglite.load(tmp_path / "vnni", engine="onnxruntime")
+    native = siglite.load(tmp_path / "avx2", engine="onnxruntime")
     reference = siglite.load(outlier_ckpt, device="cpu")
     px = _pixels(reference, sample_images)
-    ref, got = reference.engine.encode_image(px)[0], narrowed.engine.encode_image(px)[0]
+    got, want, ref = (m.engine.encode_image(px)[0] for m in (converted, native, reference))
     cos = cosine_rows(ref, got)
-    print(f"\n8-bit weights served narrowed to 7 bits: pooled cosine vs float32 mean {cos.mean():.5f} "
-          f"min {cos.min():.5f}")
-    assert cos.min() >= BAR["mean"]
+    print(f"\n8-bit signed weights served converted to u8*u8 (forced avx2): |diff| vs quantized for avx2 "
+          f"{np.abs(got - want).max():.1e}; pooled cosine vs float32 mean {cos.mean():.5f} min {cos.min():.5f}")
+    assert np.array_equal(got, want) and cos.min() >= BAR["mean"]
     assert digest == {f.name: hashlib.sha1(f.read_bytes()).hexdigest() for f in (tmp_path / "vnni").glob("*.onnx")}
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        siglite.load(quantized)  # 7-bit weights are exact everywhere: served as stored
-    assert not [w for w in seen if "saturate" in str(w.message)]
+    q = {"weight_dtype": "int8", "weight_max": 127}
+    assert _convert_to(q, "uint8") == "uint8" and _convert_to(q, "int8") is None
+    assert _convert_to({"weight_dtype": "uint8", "weight_max": 127}, "int8") == "int8"  # faster where exact
+    assert _convert_to({"weight_max": 63}, "uint8") is None  # 7-bit signed weights (earlier versions): exact anywhere
+    assert _convert_to(None, "uint8") is None  # not quantized
 
 
-def test_narrow_weights_requantizes_within_range():
+def test_convert_weights_is_lossless():
     from onnx import TensorProto, helper, numpy_helper
 
-    from siglite.quant.onnx_int8 import narrow_weights, quantize_graph
+    from siglite.quant.onnx_int8 import convert_weights, quantize_graph
     from siglite.quant.int8 import Recipe
 
     torch.manual_seed(0)
@@ -258,23 +258,25 @@ def test_narrow_weights_requantizes_within_range():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 16])],
         [numpy_helper.from_array(np.ascontiguousarray(lin.weight.detach().t().numpy()), "w")]),
         opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
-    quantize_graph(graph, {"layer": lin.weight}, Recipe(weight_max=127), {"layer": None})
-    inits = {t.name: t for t in graph.graph.initializer}
-    before = numpy_helper.to_array(inits["w_int8_w"]).astype(np.float32) * numpy_helper.to_array(inits["w_int8_ws"])
-    assert narrow_weights(graph, 63) == 1
-    inits = {t.name: t for t in graph.graph.initializer}
-    q = numpy_helper.to_array(inits["w_int8_w"])
-    after = q.astype(np.float32) * numpy_helper.to_array(inits["w_int8_ws"])
-    assert np.abs(q).max() <= 63 and np.abs(q).max() >= 62
-    step = numpy_helper.to_array(inits["w_int8_ws"]).max()
-    assert np.abs(after - before).max() <= step  # within one 7-bit step of the 8-bit weights
-    assert narrow_weights(graph, 63) == 0  # already narrow
+    quantize_graph(graph, {"layer": lin.weight}, Recipe(), {"layer": None})
+    arrays = (lambda: {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer})
+    signed = arrays()["w_int8_w"]
+    assert signed.dtype == np.int8 and np.abs(signed).max() == 127 and not arrays()["w_int8_wzp"].any()
+    assert convert_weights(graph, "uint8") == 1
+    offset, zp = arrays()["w_int8_w"], arrays()["w_int8_wzp"]
+    assert offset.dtype == zp.dtype == np.uint8 and (zp == 128).all()
+    assert np.array_equal(offset.astype(np.int16) - 128, signed)
+    assert convert_weights(graph, "uint8") == 0  # already offset
+    assert convert_weights(graph, "int8") == 1 and np.array_equal(arrays()["w_int8_w"], signed)
+    with pytest.raises(SigliteError, match="INT8 weight storage 'int4'"):
+        convert_weights(graph, "int4")
 
 
 def test_simulation_equals_the_runtime_integer_arithmetic():
     """One linear layer: `SimLinear` (what the recipe measures) against the ONNX graph ONNX Runtime runs, for dynamic
-    and static activations. With 7-bit weights (siglite's default) they agree to float rounding on every x86 CPU;
-    full 8-bit weights overflow AVX2's int16 pair sums on CPUs without VNNI, which the printed line shows there."""
+    and static activations, with 8-bit weights in both storage forms. Offset by 128 (u8*u8 kernels) they agree to
+    float rounding on every CPU; signed (u8*s8) they do where the CPU accumulates exactly, and overflow AVX2's int16
+    pair sums on CPUs without VNNI, which the printed line shows there."""
     from siglite.quant.int8 import Recipe
 
     import onnxruntime as ort
@@ -288,11 +290,11 @@ def test_simulation_equals_the_runtime_integer_arithmetic():
     x[..., 5] *= 60  # an outlier channel
     deviation = {}
     recipes = {"siglite": (RECIPES["siglite"], 0, 0), "static": (Recipe(activations="static"), 0, 0),
-               "naive (8-bit)": (RECIPES["naive"], 0, 0), "float slice": (RECIPES["siglite"], 3, 0),
+               "naive": (RECIPES["naive"], 0, 0), "float slice": (RECIPES["siglite"], 3, 0),
                "static float slice": (Recipe(activations="static"), 3, 0), "float rows": (RECIPES["siglite"], 0, 4),
                "float slice and rows": (RECIPES["siglite"], 3, 4), "per token": (RECIPES["siglite"], 0, 0),
                "per token, slice and rows": (RECIPES["siglite"], 3, 4)}
-    for name, (recipe, k, r) in recipes.items():
+    for (name, (recipe, k, r)), dtype in itertools.product(recipes.items(), ("uint8", "int8")):
         tokens = name.startswith("per token")
         w = lin.weight.detach().t().numpy()
         graph = helper.make_model(helper.make_graph(
@@ -304,13 +306,16 @@ def test_simulation_equals_the_runtime_integer_arithmetic():
             opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
         act_range = (float(x[..., :96 - k].min()), float(x[..., :96 - k].max()))
         quantize_graph(graph, {"layer": lin.weight}, recipe, {"layer": act_range}, {"layer": k}, {"layer": r},
-                       {"layer"} if tokens else set())
+                       {"layer"} if tokens else set(), weight_dtype=dtype)
         sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"x": x.numpy()})[0]
         want = SimLinear(lin, recipe, act_range, k, r, tokens)(x).detach().numpy()
-        deviation[name] = float(np.abs(got - want).max() / np.abs(want).max())
-    print("\nruntime vs simulation, max |diff| / max |y|: " + ", ".join(f"{k} {v:.1e}" for k, v in deviation.items()))
-    assert all(v <= 1e-5 for k, v in deviation.items() if "8-bit" not in k)
+        deviation[name, dtype] = float(np.abs(got - want).max() / np.abs(want).max())
+    for dtype in ("uint8", "int8"):
+        print(f"\nruntime vs simulation, {dtype} weights, max |diff| / max |y|: "
+              + ", ".join(f"{k} {v:.1e}" for (k, d), v in deviation.items() if d == dtype))
+    exact = ("uint8", "int8") if os.environ.get(ENV) is None and detect().exact else ("uint8",)
+    assert all(v <= 1e-5 for (_, d), v in deviation.items() if d in exact)
 
 
 def test_smoothing_keeps_the_float_function_and_fallback_reaches_a_strict_target(outlier_ckpt, calib_dir):

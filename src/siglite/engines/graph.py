@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 from ..artifact import read_sidecar
 from ..dtypes import canonical
 from ..errors import SigliteError
-from ..quant.isa import SAFE_WEIGHT_MAX, detect
+from ..quant.isa import SAFE_SIGNED_MAX, detect
 from .base import check_pooled
 
 INPUTS = {"vision": ["pixel_values"], "text": ["input_ids", "attention_mask"]}
@@ -50,16 +49,20 @@ class GraphEngine:
             raise SigliteError(f"{self.folder}: exported in {self.sidecar.precision}; its precision is fixed at "
                                f"export time (asked for {dtype})")
         self.precision = self.sidecar.precision
-        narrow = _narrow_to(self.folder, self.sidecar.quantization)
+        convert = _convert_to(self.sidecar.quantization, self._int8_weight_dtype())
         self.logit_scale = self.sidecar.logit_scale
         self.logit_bias = self.sidecar.logit_bias
         self.logit_kind = self.sidecar.logits
         self.graphs = {}
         for tower, name in self.sidecar.files.items():
-            with _servable(self.folder / name, narrow) as path:
+            with _servable(self.folder / name, convert) as path:
                 self.graphs[tower] = self._load(path)
         # NaFlex: the vision graph's fixed patch budget; the pipeline pads every batch to it
         self.num_patches = self.sidecar.dims.get("num_patches")
+
+    def _int8_weight_dtype(self) -> str:
+        """The INT8 weight storage this runtime computes exactly and fastest on this CPU (`siglite.quant.isa`)."""
+        return detect().weight_dtype
 
     def _load(self, path: Path):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -117,36 +120,32 @@ class GraphEngine:
         return self._run("text", {"input_ids": ids, "attention_mask": mask}, ["pooler_output"])[0]
 
 
-def _narrow_to(folder: Path, quantization: dict | None) -> int | None:
-    """The weight range to serve INT8 weights in on this CPU: None (as stored) unless they use the full 8-bit range
-    and this CPU's u8*s8 kernels can saturate (see `siglite.quant.isa`), where they are re-quantized to 7 bits at
-    load time (exact there; one bit of weight precision less than the 8-bit model measured), with a warning."""
-    wmax = (quantization or {}).get("weight_max")
-    if wmax is None or wmax <= SAFE_WEIGHT_MAX:
+def _convert_to(quantization: dict | None, wanted: str) -> str | None:
+    """The INT8 weight storage to convert a folder's graphs to at load time (None: serve them as stored). Signed
+    8-bit weights on a CPU whose u8*s8 kernels saturate go to the unsigned form (exact u8*u8 kernels); unsigned ones
+    on a CPU that runs u8*s8 exactly go to the signed form (faster there). Both lossless; 7-bit signed weights (from
+    earlier versions) are exact everywhere and stay."""
+    if not quantization:
         return None
-    isa = detect()
-    if isa.exact:
+    stored = quantization.get("weight_dtype", "int8")
+    if stored == wanted or (stored == "int8" and quantization.get("weight_max", 127) <= SAFE_SIGNED_MAX):
         return None
-    warnings.warn(f"{folder}: INT8 weights use the full 8-bit range (quantized for {quantization.get('cpu_isa')}), "
-                  f"but this CPU ({isa.name}) can saturate u8*s8 pair sums: serving them re-quantized to 7 bits "
-                  f"(quantize on this CPU, or with SIGLITE_CPU_ISA={isa.name}, for weights measured as served)",
-                  stacklevel=3)
-    return SAFE_WEIGHT_MAX
+    return wanted
 
 
 @contextlib.contextmanager
-def _servable(path: Path, narrow: int | None):
-    """`path`, or where INT8 weights must be narrowed for this CPU, a temporary copy of the ONNX graph with them
-    re-quantized (`quant.onnx_int8.narrow_weights`); the folder itself is never modified."""
-    if narrow is None or path.suffix != ".onnx":
+def _servable(path: Path, convert: str | None):
+    """`path`, or where INT8 weights must change storage for this CPU, a temporary copy of the ONNX graph with them
+    converted (`quant.onnx_int8.convert_weights`, lossless); the folder itself is never modified."""
+    if convert is None or path.suffix != ".onnx":
         yield path
         return
     import onnx
 
-    from ..quant.onnx_int8 import narrow_weights
+    from ..quant.onnx_int8 import convert_weights
 
     graph = onnx.load(str(path))
-    narrow_weights(graph, narrow)
+    convert_weights(graph, convert)
     with tempfile.TemporaryDirectory(prefix="siglite-int8-") as tmp:
         copy = Path(tmp) / path.name
         onnx.save(graph, str(copy), save_as_external_data=graph.ByteSize() > 1_800_000_000,

@@ -4,8 +4,8 @@ The recipe (`RECIPES["siglite"]`, the default) quantizes the matmuls of every li
 and keeps everything else in float32 (patch embedding, LayerNorms, attention's softmax and its two activation
 matmuls, GELU, residual adds, the pooling head's probe):
 
-* weights: symmetric INT8, one scale per output channel, full +-127 where the CPU accumulates u8*s8 products exactly
-  (VNNI, AMX) and +-63 where it can saturate (AVX2 only; `isa`, `Recipe.weight_max`);
+* weights: symmetric 8-bit (+-127), one scale per output channel (stored signed, or offset by 128 where the CPU's
+  u8*s8 kernels can saturate: `isa`);
 * activations: asymmetric UINT8, one scale per tensor computed at run time from its min/max (ONNX
   ``DynamicQuantizeLinear``; ONNX Runtime fuses it with the integer matmul into ``DynamicQuantizeMatMul``);
 * outliers: SmoothQuant migration (`smooth`), strength chosen per layer among `Recipe.alphas` by the measured
@@ -41,7 +41,7 @@ from torch import nn
 
 from ..metrics import cosine_summary
 from .calib import VisionInputs
-from .isa import CpuIsa, detect
+from .isa import WEIGHT_MAX
 from .smooth import channel_producer, migrate, move_channels_last, search_alpha, tower_layers
 from .stats import InputStats, collect
 
@@ -61,12 +61,8 @@ class Recipe:
     Attributes:
         weights: "channel" (one scale per output channel) or "tensor" (one per matrix).
         activations: "dynamic" (per-tensor min/max at run time) or "static" (per-tensor min/max from calibration).
-        weight_max: largest weight magnitude; None (the default): chosen for the CPU by `isa.detect` when the
-            recipe is used (`resolved`): 127 (8 bits) where u8*s8 products accumulate exactly (VNNI, AMX, ARM
-            dot product), 63 (7 bits) on AVX2-only CPUs, whose VPMADDUBSW sums two products into a saturating int16
-            (2 * 255 * 127 > 32767; measured on an AVX2 EPYC: 127 drops a tiny model's pooled cosine from 0.9998
-            simulated to 0.95 in the runtime, 63 gives the simulated value). Engines warn when a model with 8-bit
-            weights is served on a CPU that saturates.
+        weight_max: largest weight magnitude (127: 8 bits). Exact on every CPU: where u8*s8 pair sums can saturate
+            (AVX2 without VNNI) the graph stores the weights offset by 128 for u8*u8 kernels (`isa`).
         alphas: SmoothQuant strengths tried per layer (empty: no migration).
         float_channels: how many input channels (largest calibration amax first) a reorderable layer
             (`smooth.REORDERABLE`: ``mlp.fc2``) may compute in float32 beside its INT8 product (empty: none).
@@ -75,24 +71,18 @@ class Recipe:
 
     weights: str = "channel"
     activations: str = "dynamic"
-    weight_max: int | None = None
+    weight_max: int = WEIGHT_MAX
     alphas: tuple[float, ...] = (0.0, 0.3, 0.5, 0.65, 0.8)
     float_channels: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     sensitivity: bool = True
-
-    def resolved(self, isa: CpuIsa | None = None) -> Recipe:
-        """This recipe with the weight range chosen for `isa` (default: this CPU, `isa.detect`) when it is None."""
-        if self.weight_max is not None:
-            return self
-        return dataclasses.replace(self, weight_max=(isa or detect()).weight_max)
 
 
 RECIPES = {
     "siglite": Recipe(),
     # what ONNX Runtime's quantize_dynamic does by default: per-tensor INT8 weights, dynamic activations
-    "dynamic": Recipe(weights="tensor", weight_max=127, alphas=(), float_channels=(), sensitivity=False),
+    "dynamic": Recipe(weights="tensor", alphas=(), float_channels=(), sensitivity=False),
     # textbook static PTQ: one calibrated range per activation tensor, one scale per weight matrix, nothing kept
-    "naive": Recipe(weights="tensor", activations="static", weight_max=127, alphas=(), float_channels=(),
+    "naive": Recipe(weights="tensor", activations="static", alphas=(), float_channels=(),
                     sensitivity=False),
 }
 # The fewest float32 input channels whose error is within this factor of the best count tried: massive activations
@@ -168,7 +158,6 @@ class SimLinear(nn.Module):
     def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None,
                  float_channels: int = 0, float_rows: int = 0, per_token: bool = False):
         super().__init__()
-        recipe = recipe.resolved()
         self.linear = linear
         self.per_token = per_token
         self.rows, self.split = linear.weight.shape[0] - float_rows, linear.weight.shape[1] - float_channels
@@ -381,7 +370,7 @@ def plan(model: nn.Module, calibration, tokenizer=None, recipe: Recipe | str = "
             (ignored when `sensitivity_samples` asks for the per-layer pass).
         progress: optional callable(str) for progress lines.
     """
-    recipe = (RECIPES[recipe] if isinstance(recipe, str) else recipe).resolved()
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     target = target or FidelityTarget()
     say = progress or log.info
     times: dict[str, float] = {}

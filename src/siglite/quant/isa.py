@@ -1,12 +1,16 @@
-"""Which weight range INT8 may use on this CPU: full 8-bit where the integer dot products accumulate exactly, 7-bit
-where they can saturate.
+"""How INT8 weights are stored so that this CPU's integer matmul is exact: signed (u8 x s8 kernels) where its
+dot products accumulate exactly, unsigned offset by 128 (u8 x u8 kernels) where u8 x s8 can saturate.
 
 ONNX Runtime's (and oneDNN's) u8 x s8 kernels on x86 CPUs without VNNI use AVX2's ``VPMADDUBSW``, which sums two
-u8 * s8 products into a saturating int16: 2 * 255 * 127 = 64770 > 32767, so full-range weights can overflow (measured
-on an AVX2 EPYC: a tiny model's pooled cosine drops from 0.9998 simulated to 0.95 in the runtime). With weights limited
-to +-63 the pair sum stays below 32767 and the result is exact. VNNI (``VPDPBUSD``, AVX512-VNNI or AVX-VNNI) and AMX
-accumulate into int32 directly, and ARM's dot-product instructions (``SDOT``/``UDOT``) do too, so there full +-127
-weights are exact and give one more bit of weight precision.
+u8 * s8 products into a saturating int16: 2 * 255 * 127 = 64770 > 32767, so full-range 8-bit weights can overflow
+(measured on an AVX2 EPYC: a tiny model's pooled cosine drops from 0.9998 simulated to 0.95 in the runtime). There
+the same 8-bit weights are stored as uint8 ``q + 128`` with zero point 128: ONNX Runtime then runs its u8 x u8
+kernels, which widen to int16 before multiplying (``VPMADDWD``, int32 sums) and are exact, at about 5-10% more time
+per matmul than u8 x s8 (measured there: a 616 x 512 x 2048 product 10.0 vs 9.5 ms; an earlier recipe kept 8-bit
+precision out of reach with 7-bit weights instead). VNNI (``VPDPBUSD``, AVX512-VNNI or AVX-VNNI) and AMX accumulate
+u8 x s8 into int32 directly, and ARM's dot-product instructions (``SDOT``/``UDOT``) do too, so there the signed form
+is exact and fastest. Both forms hold the same numbers; engines convert losslessly at load time when a folder meets
+a CPU that wants the other (`siglite.engines.graph`).
 
 `detect` reads the CPU flags (``/proc/cpuinfo``); ``SIGLITE_CPU_ISA`` forces an answer, to quantize for another
 machine or to test both branches (e.g. ``SIGLITE_CPU_ISA=avx2``; OpenVINO/oneDNN can likewise be held to a lower ISA
@@ -27,7 +31,10 @@ EXACT = {"amx": True, "avx512_vnni": True, "avx_vnni": True, "arm_dotprod": True
 # /proc/cpuinfo flag -> name
 FLAGS = (("amx_int8", "amx"), ("avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni"), ("asimddp", "arm_dotprod"),
          ("avx2", "avx2"))
-FULL_WEIGHT_MAX, SAFE_WEIGHT_MAX = 127, 63
+WEIGHT_MAX = 127  # symmetric 8-bit weights, in either storage form
+# the largest signed weight that u8 x s8 kernels multiply exactly even where pair sums saturate (2 * 255 * 63 < 32767):
+# folders quantized on AVX2 CPUs by earlier siglite versions hold such 7-bit weights, which every CPU serves as they are
+SAFE_SIGNED_MAX = 63
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class CpuIsa:
 
     Attributes:
         name: a key of `EXACT`.
-        exact: u8 x s8 products accumulate without saturation, so full 8-bit weights are safe.
+        exact: u8 x s8 products accumulate without saturation, so signed 8-bit weights are exact.
         forced: set by ``SIGLITE_CPU_ISA`` rather than detected.
     """
 
@@ -45,12 +52,13 @@ class CpuIsa:
     forced: bool = False
 
     @property
-    def weight_max(self) -> int:
-        """The largest INT8 weight magnitude that is exact here: 127 (8 bits) or 63 (7 bits)."""
-        return FULL_WEIGHT_MAX if self.exact else SAFE_WEIGHT_MAX
+    def weight_dtype(self) -> str:
+        """How 8-bit weights are stored to be exact and fast here: "int8" (u8 x s8 kernels) or "uint8" (offset by
+        128, u8 x u8 kernels)."""
+        return "int8" if self.exact else "uint8"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "weight_max": self.weight_max}
+        return {**asdict(self), "weight_dtype": self.weight_dtype}
 
 
 def from_flags(flags: set[str] | str) -> CpuIsa:

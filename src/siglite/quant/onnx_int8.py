@@ -6,7 +6,9 @@ Per quantized layer ``Y = MatMul(X, W)`` (W a (K, N) initializer, the transposed
     static:   Xq = QuantizeLinear(X, xs, xz)                      (xs, xz calibrated constants)
     then      Y = Cast(MatMulInteger(Xq, Wq, xz, 0), float) * (xs * ws)
 
-with Wq INT8 and ws its (N,) or scalar scales. A layer with its last k input channels in float32 (the recipe's
+with Wq the INT8 weights and ws their (N,) or scalar scales. Wq is stored signed (zero point 0) or, for CPUs whose u8 x
+s8 kernels can saturate, as uint8 Wq + 128 with zero point 128 (`isa`; the same numbers, converted losslessly by
+`convert_weights`). A layer with its last k input channels in float32 (the recipe's
 outlier slice) computes ``Slice(X, 0, K - k) -> the above with Wq[:K - k]`` plus ``MatMul(Slice(X, K - k, K),
 W[K - k:])`` in float32; one with its last r output columns in float32 (the layer producing those channels)
 concatenates ``MatMul(X, W[:, N - r:])`` in float32 after the INT8 product of the others. This is the layout ONNX Runtime's `quantize_dynamic` writes, which
@@ -25,6 +27,8 @@ import torch
 from ..errors import SigliteError
 from .int8 import Recipe, act_qparams, quantize_weight
 
+WEIGHT_DTYPES = ("int8", "uint8")
+
 
 def _key(array: np.ndarray) -> tuple:
     a = np.ascontiguousarray(array, np.float32)
@@ -34,18 +38,20 @@ def _key(array: np.ndarray) -> tuple:
 def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe,
                    act_ranges: dict[str, tuple[float, float] | None],
                    float_channels: dict[str, int] | None = None, float_rows: dict[str, int] | None = None,
-                   per_token: set[str] | frozenset = frozenset()) -> list[str]:
+                   per_token: set[str] | frozenset = frozenset(), weight_dtype: str = "int8") -> list[str]:
     """Quantize, in place, the MatMuls (and Gemms) of `graph_model` (an onnx.ModelProto) whose constant right operand
     is the transposed weight of a layer in `weights` (layer name -> (N, K) float weight, as in the exported model);
     `float_channels` (layer name -> k) keeps a layer's last k input channels in float32, `float_rows` (layer name
     -> r) its last r outputs; the layers in `per_token` quantize their input with one scale per token (row).
+    `weight_dtype`: "int8" (signed weights) or "uint8" (offset by 128; `isa.CpuIsa.weight_dtype`).
 
     Returns:
         The names of the layers quantized; every layer of `weights` must be found exactly once.
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    recipe = recipe.resolved()
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise SigliteError(f"INT8 weight storage {weight_dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
     by_value = {_key(w.detach().float().t().numpy()): name for name, w in weights.items()}
     g = graph_model.graph
     inits = {t.name: t for t in g.initializer}
@@ -81,8 +87,8 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
         weight = weight[:rows]
         q, s = quantize_weight(weight[:, :split], recipe.weights, recipe.weight_max)  # (N - r, K - k), (N - r,)
         scale = s.numpy().astype(np.float32) if recipe.weights == "channel" else s[:1].numpy().reshape(())
-        new_inits += [numpy_helper.from_array(np.ascontiguousarray(q.t().numpy()), p + "_w"),
-                     numpy_helper.from_array(np.zeros(scale.shape, np.int8), p + "_wzp"),
+        wq, wzp = _stored(np.ascontiguousarray(q.t().numpy().astype(np.int8)), scale.shape, weight_dtype)
+        new_inits += [numpy_helper.from_array(wq, p + "_w"), numpy_helper.from_array(wzp, p + "_wzp"),
                      numpy_helper.from_array(np.asarray(scale, np.float32), p + "_ws")]
         if k:  # the outlier slice: x[..., split:] @ W[:, split:].T in float32, added to the INT8 product
             new_inits += [numpy_helper.from_array(np.asarray(v, np.int64), f"{p}_{n}")
@@ -180,28 +186,32 @@ def _plain_matmul(node) -> bool:
             and not _attr(node, "transA", 0))
 
 
-def narrow_weights(graph_model, weight_max: int) -> int:
-    """Re-quantize, in place, the INT8 weights `quantize_graph` wrote to at most `weight_max` in magnitude (e.g. 8-bit
-    weights to 7-bit, for a CPU whose u8 x s8 kernels saturate with 8-bit ones; `isa`): q' = round(q * r) with r =
-    weight_max / max|q| per layer, and the layer's weight scale (and, for static activations, the combined scale)
-    divided by r. Returns the number of layers changed."""
+def _stored(q: np.ndarray, zp_shape: tuple, weight_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Signed weights q (|q| <= 127) in the storage form `weight_dtype`, with their zero point(s) of `zp_shape`."""
+    if weight_dtype == "uint8":
+        return (q.astype(np.int16) + 128).astype(np.uint8), np.full(zp_shape, 128, np.uint8)
+    return q, np.zeros(zp_shape, np.int8)
+
+
+def convert_weights(graph_model, weight_dtype: str) -> int:
+    """Store, in place, the INT8 weights `quantize_graph` wrote in the form `weight_dtype`: signed ("int8", zero point
+    0) or offset by 128 ("uint8", zero point 128). Lossless both ways (|q| <= 127); the integer products
+    ``(x - xz)(w - wz)`` and so the outputs are unchanged. Returns the number of layers converted."""
     from onnx import numpy_helper
 
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise SigliteError(f"INT8 weight storage {weight_dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
     inits = {t.name: t for t in graph_model.graph.initializer}
     changed = 0
     for name, t in inits.items():
         if not name.endswith("_int8_w"):
             continue
-        q = numpy_helper.to_array(t).astype(np.int32)
-        top = int(np.abs(q).max()) if q.size else 0
-        if top <= weight_max:
+        w, zp = numpy_helper.to_array(t), numpy_helper.to_array(inits[name + "zp"])
+        if w.dtype == np.dtype(weight_dtype):
             continue
-        r = weight_max / top
-        t.CopyFrom(numpy_helper.from_array(np.clip(np.round(q * r), -weight_max, weight_max).astype(np.int8), name))
-        prefix = name[: -len("_w")]
-        for scale in (prefix + "_ws", prefix + "_s"):  # "_s" exists as an initializer for static activations only
-            if scale in inits:
-                a = numpy_helper.to_array(inits[scale])
-                inits[scale].CopyFrom(numpy_helper.from_array((a / r).astype(np.float32), scale))
+        signed = (w.astype(np.int16) - zp.astype(np.int16)).astype(np.int8)  # zp broadcasts over columns (N,)
+        wq, wzp = _stored(signed, zp.shape, weight_dtype)
+        t.CopyFrom(numpy_helper.from_array(wq, name))
+        inits[name + "zp"].CopyFrom(numpy_helper.from_array(wzp, name + "zp"))
         changed += 1
     return changed

@@ -123,6 +123,7 @@ def _calib(c: dict) -> str:
 
 def _isa(isa: dict) -> str:
     how = "forced by SIGLITE_CPU_ISA" if isa["forced"] else "detected"
-    exact = ("accumulates u8*s8 exactly: 8-bit weights" if isa["exact"]
-             else "can saturate u8*s8 pair sums: 7-bit weights")
-    return f"| CPU instruction set | {isa['name']} ({how}); {exact}; used max {isa['weight_max_used']} |"
+    stored = ("accumulates u8*s8 exactly: weights stored signed (int8)" if isa["exact"] else
+              "u8*s8 pair sums can saturate: weights stored as uint8 offset by 128, run by exact u8*u8 kernels")
+    return (f"| CPU instruction set | {isa['name']} ({how}); {stored}; engines convert losslessly at load for a "
+            "CPU that wants the other form |")

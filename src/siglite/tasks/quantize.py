@@ -99,10 +99,11 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
         nonlocal t_export, t_check
         t1 = time.perf_counter()
         graphs = export_onnx_graphs(p.model, out, num_patches=num_patches)
-        write_int8_graphs(p, out, graphs["files"])
+        write_int8_graphs(p, out, graphs["files"], isa.weight_dtype)
         kept = [lp.name for lp in p.layers if not lp.quantized]
         summary = {"recipe": recipe_name, "quantized_layers": len(p.layers) - len(kept), "float32_layers": kept,
-                   "weight_max": p.recipe.weight_max, "cpu_isa": isa.name, "report": report_mod.REPORT_JSON}
+                   "weight_max": p.recipe.weight_max, "weight_dtype": isa.weight_dtype, "cpu_isa": isa.name,
+                   "report": report_mod.REPORT_JSON}
         if num_patches is not None:  # NaFlex: calibrated, measured and exported at this patch budget
             summary["max_num_patches"] = num_patches
         sidecar = build_sidecar(p.model, source, graphs, fmt="onnx", precision="int8", source=str(model),
@@ -134,7 +135,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
            "recipe_name": recipe_name, "recipe": info["recipe"], "target": info["target"],
            "calibration": {**cal.describe(), "preprocess": preprocess, "failures": cal.failures[:20]},
            "layers": info["layers"], "float32_layers": kept,
-           "cpu_isa": {**isa.to_dict(), "weight_max_used": p.recipe.weight_max},
+           "cpu_isa": isa.to_dict(),
            "fidelity": {"simulated": info["fidelity_simulated"], "runtime": runtime},
            "timings_s": {"read_calibration": t_read, **info["timings_s"], "export": t_export,
                          "runtime_check": t_check, "total": time.perf_counter() - t0}}
@@ -142,8 +143,9 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     return rep
 
 
-def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
-    """Rewrite the exported float32 graphs of the migrated model: the plan's INT8 layers become integer matmuls."""
+def write_int8_graphs(p: Plan, out: Path, files: dict[str, str], weight_dtype: str = "int8") -> None:
+    """Rewrite the exported float32 graphs of the migrated model: the plan's INT8 layers become integer matmuls, their
+    weights stored as `weight_dtype` (`siglite.quant.isa`)."""
     import onnx
 
     from ..quant.onnx_int8 import quantize_graph
@@ -154,7 +156,8 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str]) -> None:
         graph = onnx.load(str(path))
         quantize_graph(graph, {lp.name: p.model.get_submodule(lp.name).weight for lp in layers}, p.recipe,
                        {lp.name: lp.act_range for lp in layers}, {lp.name: lp.float_channels for lp in layers},
-                       {lp.name: lp.float_rows for lp in layers}, {lp.name for lp in layers if lp.per_token})
+                       {lp.name: lp.float_rows for lp in layers}, {lp.name for lp in layers if lp.per_token},
+                       weight_dtype=weight_dtype)
         data = path.with_name(path.name + ".data")
         big = sum(len(t.raw_data) for t in graph.graph.initializer) > 1_500_000_000
         onnx.save(graph, str(path), save_as_external_data=big, all_tensors_to_one_file=True, location=data.name)
