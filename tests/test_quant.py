@@ -615,6 +615,30 @@ def test_massive_fc2_inputs_builder_on_the_text_tower(name):
     assert 0 < int(hot.sum()) <= 0.03 * len(hot)  # a few positions, not whole channels
 
 
+def test_massive_fc2_inputs_builder_passes_over_channels_where_no_token_stands_out():
+    """Inputs whose rows repeat (the same all-padding text 24 times: every position's row 24 times, so the top 0.5%
+    of each channel is one value): no channel has a token above its quantile, so none is scaled (the scaling would be
+    unbounded and fire at random on other inputs, as a CLIP text block did at 4e8x the median) and the tower keeps
+    its weights."""
+    from siglite.checkpoints import random_model
+    from siglite.registry import get_spec
+    from siglite.testing import massive_fc2_inputs
+
+    base = get_spec("clip-vit-base-patch32")
+    spec = dataclasses.replace(base, vision={**base.vision, "hidden_size": 32, "intermediate_size": 64,
+                                             "num_hidden_layers": 1, "num_attention_heads": 2},
+                               text={**base.text, "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 4,
+                                     "num_attention_heads": 2, "vocab_size": 500, "max_position_embeddings": 16})
+    model = random_model(spec, seed=0).eval()
+    before = {k: v.clone() for k, v in model.text.state_dict().items()}
+    ids = torch.full((24, 16), 7)
+    ids[:, -1] = 499
+    ratios = massive_fc2_inputs(model, (ids, torch.ones_like(ids)), seed=1, tower="text")
+    print(f"\nrepeated rows: fc2 input max/median {ratios}")
+    assert all(torch.equal(v, before[k]) for k, v in model.text.state_dict().items())
+    assert all(r < 100 for r in ratios.values())
+
+
 def test_inject_outliers_reaches_the_text_tower_and_keeps_its_function():
     """`inject_outliers` on a text-only model (as benchmarks/int8_vs_nncf.py --tower text builds it): the text
     blocks' LayerNorm outputs get channels ~`scale`x the rest, the pooled output is unchanged (up to rounding)."""

@@ -87,8 +87,9 @@ def massive_fc2_inputs(model: Siglip, pixels, *, blocks=None, channels: int = 2,
                        seed: int = 0, tower: str = "vision") -> dict[int, float]:
     """Give the fc2 inputs of the middle blocks of a tower 'massive activations': in `channels` hidden channels per
     block only a few tokens fire (fc1's bias is shifted so that the top 1 - `token_quantile` of tokens on `pixels` pass
-    the GELU), and those are scaled so that the largest |fc2 input| is `ratio` (drawn in the range) times the median
-    |fc2 input| of the block; fc2's matching input columns are divided by the same factor. That is the pattern trained
+    the GELU; channels where no token stands out above that quantile are passed over), and those are scaled so that
+    the largest |fc2 input| is `ratio` (drawn in the range) times the median |fc2 input| of the block; fc2's matching
+    input columns are divided by the same factor. That is the pattern trained
     ViTs show (Sun et al., "Massive activations in LLMs", also in ViTs): a few tokens hundreds to thousands of times
     larger than the rest, in a few channels. Changes the function (fp32 is the reference). `blocks` defaults to the
     middle half (3..8 of 12). Returns block -> measured max/median |fc2 input| on `pixels` after all changes.
@@ -113,12 +114,19 @@ def massive_fc2_inputs(model: Siglip, pixels, *, blocks=None, channels: int = 2,
             g.remove()
         pre, post = seen[-1].flatten(0, -2), seen[b].flatten(0, -2)
         median = post.abs().median()
-        idx = torch.randperm(pre.shape[1], generator=gen)[:channels]
-        for c in idx.tolist():
+        picked = 0
+        for c in torch.randperm(pre.shape[1], generator=gen).tolist():
+            if picked == channels:
+                break
             z = pre[:, c]
             q = torch.quantile(z, token_quantile)
+            if float(z.max() - q) <= 0.01 * float(z.std()):
+                # no token stands out above the quantile (e.g. identical padding positions fill its top): the
+                # scaling below would be unbounded and fire at random on other inputs; draw another channel
+                continue
+            picked += 1
             target = float(ratio[0] + (ratio[1] - ratio[0]) * torch.rand(1, generator=gen))
-            factor = target * median / (z.max() - q).clamp_min(1e-6)
+            factor = target * median / (z.max() - q)
             mlp.fc1.bias[c] = (mlp.fc1.bias[c] - q) * factor
             mlp.fc1.weight[c] *= factor
             mlp.fc2.weight[:, c] /= factor

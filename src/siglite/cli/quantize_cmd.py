@@ -20,7 +20,10 @@ def register(sub):
                                    "fc2 computed in float32 beside the INT8 product) and export ONNX graphs for the "
                                    "engine. The written model is measured in that runtime; only if it misses the "
                                    "target does a simulated sensitivity pass keep the most damaging layers in "
-                                   "float32.",
+                                   "float32. Weights are 8-bit, stored for this CPU's integer kernels: signed where "
+                                   "u8*s8 products accumulate exactly (VNNI, AMX, ARM dot product), offset by 128 "
+                                   "for exact u8*u8 kernels where they saturate (AVX2 only); SIGLITE_CPU_ISA=avx2 or "
+                                   "avx512_vnni quantizes for another CPU, and engines convert losslessly at load.",
                        epilog="examples:\n"
                               "  siglite quantize --model google/siglip-base-patch16-224 --calib photos/ "
                               "--out siglip-int8\n  siglite classify cat.jpg --model siglip-int8 --labels cat dog\n"
