@@ -20,7 +20,7 @@ from siglite.data.synthetic import CLASSNAMES, generate
 from siglite.errors import SigliteError
 from siglite.metrics import cosine_rows
 from siglite.quant.calib import Calibration
-from siglite.quant.int8 import RECIPES, FidelityTarget, SimLinear, plan
+from siglite.quant.int8 import RECIPES, FidelityTarget, Int8Form, SimLinear, plan
 from siglite.quant.isa import ENV, detect, from_flags
 from siglite.tasks.evaluate import fidelity, text_fidelity
 
@@ -258,7 +258,7 @@ def test_convert_weights_is_lossless():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 16])],
         [numpy_helper.from_array(np.ascontiguousarray(lin.weight.detach().t().numpy()), "w")]),
         opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
-    quantize_graph(graph, {"layer": lin.weight}, Recipe(), {"layer": None})
+    quantize_graph(graph, {"layer": lin.weight}, Recipe())
     arrays = (lambda: {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer})
     signed = arrays()["w_int8_w"]
     assert signed.dtype == np.int8 and np.abs(signed).max() == 127 and not arrays()["w_int8_wzp"].any()
@@ -305,11 +305,11 @@ def test_simulation_equals_the_runtime_integer_arithmetic():
              numpy_helper.from_array(lin.bias.detach().numpy(), "b")]),
             opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
         act_range = (float(x[..., :96 - k].min()), float(x[..., :96 - k].max()))
-        quantize_graph(graph, {"layer": lin.weight}, recipe, {"layer": act_range}, {"layer": k}, {"layer": r},
-                       {"layer"} if tokens else set(), weight_dtype=dtype)
+        form = Int8Form(act_range, k, r, tokens)
+        quantize_graph(graph, {"layer": lin.weight}, recipe, {"layer": form}, weight_dtype=dtype)
         sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"x": x.numpy()})[0]
-        want = SimLinear(lin, recipe, act_range, k, r, tokens)(x).detach().numpy()
+        want = SimLinear(lin, recipe, form)(x).detach().numpy()
         deviation[name, dtype] = float(np.abs(got - want).max() / np.abs(want).max())
     for dtype in ("uint8", "int8"):
         print(f"\nruntime vs simulation, {dtype} weights, max |diff| / max |y|: "

@@ -150,20 +150,38 @@ def fake_quant_act(x: torch.Tensor, lo=None, hi=None) -> torch.Tensor:
     return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
 
 
-class SimLinear(nn.Module):
-    """A linear layer that computes either in float32 or as its INT8 form in the exported graph does (`onnx_int8`):
-    the first K - `float_channels` input channels as an INT8 product, the last `float_channels` in float32; the last
-    `float_rows` outputs wholly in float32."""
+@dataclass(frozen=True)
+class Int8Form:
+    """How one linear layer computes in INT8, beside its weights (what `SimLinear` simulates and
+    `onnx_int8.quantize_graph` writes).
 
-    def __init__(self, linear: nn.Linear, recipe: Recipe, act_range: tuple[float, float] | None = None,
-                 float_channels: int = 0, float_rows: int = 0, per_token: bool = False):
+    Attributes:
+        act_range: static activations only: the calibrated (lo, hi) of its input.
+        float_channels: its last k input channels computed in float32 beside the INT8 product (the outlier slice).
+        float_rows: its last r outputs computed wholly in float32 (the channels a later layer's slice takes).
+        per_token: its input quantized with one scale per token (row) rather than per tensor.
+    """
+
+    act_range: tuple[float, float] | None = None
+    float_channels: int = 0
+    float_rows: int = 0
+    per_token: bool = False
+
+
+class SimLinear(nn.Module):
+    """A linear layer that computes either in float32 or as its INT8 form (`Int8Form`) in the exported graph does
+    (`onnx_int8`): the first K - `float_channels` input channels as an INT8 product, the last `float_channels` in
+    float32; the last `float_rows` outputs wholly in float32."""
+
+    def __init__(self, linear: nn.Linear, recipe: Recipe, form: Int8Form = Int8Form()):
         super().__init__()
         self.linear = linear
-        self.per_token = per_token
-        self.rows, self.split = linear.weight.shape[0] - float_rows, linear.weight.shape[1] - float_channels
+        self.per_token = form.per_token
+        self.rows = linear.weight.shape[0] - form.float_rows
+        self.split = linear.weight.shape[1] - form.float_channels
         q, s = quantize_weight(linear.weight[:self.rows, :self.split], recipe.weights, recipe.weight_max)
         self.register_buffer("w_deq", q.float() * s[:, None])
-        self.act_range = act_range if recipe.activations == "static" else None
+        self.act_range = form.act_range if recipe.activations == "static" else None
         self.quantized = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,6 +338,10 @@ class LayerPlan:
     sensitivity: dict | None = None  # output fidelity with this layer alone quantized
     reason: str = ""
 
+    @property
+    def form(self) -> Int8Form:
+        return Int8Form(self.act_range, self.float_channels, self.float_rows, self.per_token)
+
 
 @dataclass
 class Plan:
@@ -428,8 +450,7 @@ def refine(p: Plan, *, sensitivity_samples: int = 0, progress=None) -> Plan:
         lp.quantized, lp.reason = True, "int8"
         parent, _, attr = lp.name.rpartition(".")
         holder = sim.get_submodule(parent)
-        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.act_range, lp.float_channels,
-                                      lp.float_rows, lp.per_token)
+        wrappers[lp.name] = SimLinear(getattr(holder, attr), recipe, lp.form)
         setattr(holder, attr, wrappers[lp.name])
     all_q = probe.fidelity(sim)
     say(f"all layers INT8 (simulated): {_brief(all_q)}")

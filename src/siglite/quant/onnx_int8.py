@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import SigliteError
-from .int8 import Recipe, act_qparams, quantize_weight
+from .int8 import Int8Form, Recipe, act_qparams, quantize_weight
 
 WEIGHT_DTYPES = ("int8", "uint8")
 
@@ -36,14 +36,12 @@ def _key(array: np.ndarray) -> tuple:
 
 
 def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe,
-                   act_ranges: dict[str, tuple[float, float] | None],
-                   float_channels: dict[str, int] | None = None, float_rows: dict[str, int] | None = None,
-                   per_token: set[str] | frozenset = frozenset(), weight_dtype: str = "int8") -> list[str]:
+                   forms: dict[str, Int8Form] | None = None, weight_dtype: str = "int8") -> list[str]:
     """Quantize, in place, the MatMuls (and Gemms) of `graph_model` (an onnx.ModelProto) whose constant right operand
-    is the transposed weight of a layer in `weights` (layer name -> (N, K) float weight, as in the exported model);
-    `float_channels` (layer name -> k) keeps a layer's last k input channels in float32, `float_rows` (layer name
-    -> r) its last r outputs; the layers in `per_token` quantize their input with one scale per token (row).
-    `weight_dtype`: "int8" (signed weights) or "uint8" (offset by 128; `isa.CpuIsa.weight_dtype`).
+    is the transposed weight of a layer in `weights` (layer name -> (N, K) float weight, as in the exported model),
+    each in its `forms` entry (layer name -> `Int8Form`: static range, float32 input channels and outputs, per-token
+    input scales; default: plain). `weight_dtype`: "int8" (signed weights) or "uint8" (offset by 128;
+    `isa.CpuIsa.weight_dtype`).
 
     Returns:
         The names of the layers quantized; every layer of `weights` must be found exactly once.
@@ -78,7 +76,8 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
             y = p + "_nobias"
         new_inits = []
         weight = weights[name].detach().float()
-        k, r = (float_channels or {}).get(name, 0), (float_rows or {}).get(name, 0)
+        form = (forms or {}).get(name, Int8Form())
+        k, r = form.float_channels, form.float_rows
         split, rows = weight.shape[1] - k, weight.shape[0] - r
         if r:  # the float rows: X @ W[N - r:].T in float32, concatenated after the others
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(weight[rows:].t().numpy()), p + "_wr"))
@@ -100,19 +99,21 @@ def quantize_graph(graph_model, weights: dict[str, torch.Tensor], recipe: Recipe
                       helper.make_node("MatMul", [p + "_xf", p + "_wf"], [p + "_yf"], p + "_mm_f")]
             x = p + "_xi"
             y_total, y = y, p + "_yi"
-        if name in per_token:
+        if form.per_token:
             quant = _per_token_quant(helper, TensorProto, x, p)
         elif recipe.activations == "dynamic":
             quant = [helper.make_node("DynamicQuantizeLinear", [x], [p + "_xq", p + "_xs", p + "_xzp"], p + "_dql"),
                      helper.make_node("Mul", [p + "_xs", p + "_ws"], [p + "_s"], p + "_scale")]
         else:
-            xs, xzp = act_qparams(*act_ranges[name])
+            if form.act_range is None:
+                raise SigliteError(f"layer {name}: static activations need its calibrated range (Int8Form.act_range)")
+            xs, xzp = act_qparams(*form.act_range)
             new_inits += [numpy_helper.from_array(np.asarray(float(xs), np.float32), p + "_xs"),
                           numpy_helper.from_array(np.asarray(int(xzp), np.uint8), p + "_xzp"),
                           numpy_helper.from_array((float(xs) * np.asarray(scale, np.float32)).astype(np.float32),
                                                   p + "_s")]
             quant = [helper.make_node("QuantizeLinear", [x, p + "_xs", p + "_xzp"], [p + "_xq"], p + "_ql")]
-        tokens = name in per_token
+        tokens = form.per_token
         nodes += quant + [
             helper.make_node("MatMulInteger", [p + "_xq", p + "_w", p + "_xzp", p + "_wzp"], [p + "_acc"], p + "_mm"),
             helper.make_node("Cast", [p + "_acc"], [p + "_accf"], p + "_cast", to=TensorProto.FLOAT),

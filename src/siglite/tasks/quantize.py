@@ -155,9 +155,7 @@ def write_int8_graphs(p: Plan, out: Path, files: dict[str, str], weight_dtype: s
         layers = [lp for lp in p.layers if lp.quantized and lp.name.startswith(tower + ".")]
         graph = onnx.load(str(path))
         quantize_graph(graph, {lp.name: p.model.get_submodule(lp.name).weight for lp in layers}, p.recipe,
-                       {lp.name: lp.act_range for lp in layers}, {lp.name: lp.float_channels for lp in layers},
-                       {lp.name: lp.float_rows for lp in layers}, {lp.name for lp in layers if lp.per_token},
-                       weight_dtype=weight_dtype)
+                       {lp.name: lp.form for lp in layers}, weight_dtype=weight_dtype)
         data = path.with_name(path.name + ".data")
         big = sum(len(t.raw_data) for t in graph.graph.initializer) > 1_500_000_000
         onnx.save(graph, str(path), save_as_external_data=big, all_tensors_to_one_file=True, location=data.name)
