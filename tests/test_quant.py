@@ -195,21 +195,32 @@ def _stored_weights(folder: Path) -> list[np.ndarray]:
             if t.name.endswith("_int8_w")]
 
 
-@pytest.mark.parametrize("isa,dtype", [("avx2", np.uint8), ("avx512_vnni", np.int8)])
-def test_forced_isa_picks_the_weight_storage(outlier_ckpt, calib_dir, tmp_path, monkeypatch, isa, dtype):
+@pytest.mark.parametrize("isa,bits,dtype,top", [("avx2", 8, np.uint8, 127), ("avx512_vnni", 8, np.int8, 127),
+                                                ("avx2", 7, np.int8, 63)])
+def test_forced_isa_picks_the_weight_storage(outlier_ckpt, calib_dir, tmp_path, monkeypatch, isa, bits, dtype, top):
     """Both branches, forced: full 8-bit weights either way, stored signed for a CPU whose u8*s8 products accumulate
-    exactly and offset by 128 (u8*u8 kernels) for one where they can saturate; the report says which."""
+    exactly and offset by 128 (u8*u8 kernels) for one where they can saturate; the report says which. 7-bit weights
+    (``--weight-bits 7``) are stored signed everywhere (exact with u8*s8 kernels on any CPU)."""
     from siglite.tasks.quantize import quantize
 
+    exact_here = detect().exact  # this CPU (or what SIGLITE_CPU_ISA already says), before forcing another
     monkeypatch.setenv(ENV, isa)
-    rep = quantize(outlier_ckpt, str(calib_dir), tmp_path / isa, num_calib=16, num_check=8, progress=lambda s: None)
-    weights = _stored_weights(tmp_path / isa)
+    out = tmp_path / f"{isa}-{bits}"
+    rep = quantize(outlier_ckpt, str(calib_dir), out, num_calib=16, num_check=8, weight_bits=bits,
+                   progress=lambda s: None)
+    weights = _stored_weights(out)
     assert weights and all(w.dtype == dtype for w in weights)
     signed = [w.astype(np.int16) - (128 if dtype == np.uint8 else 0) for w in weights]
-    assert max(int(np.abs(w).max()) for w in signed) == 127  # the full 8-bit range
+    assert max(int(np.abs(w).max()) for w in signed) == top  # every row's largest weight lands on the range's end
     assert rep["cpu_isa"]["name"] == isa and rep["cpu_isa"]["forced"]
-    assert rep["cpu_isa"]["weight_dtype"] == np.dtype(dtype).name and rep["recipe"]["weight_max"] == 127
-    assert ("uint8 offset by 128" in (tmp_path / isa / "quant_report.md").read_text()) == (dtype == np.uint8)
+    assert rep["cpu_isa"]["weight_dtype"] == np.dtype(dtype).name and rep["recipe"]["weight_max"] == top
+    assert ("uint8 offset by 128" in (out / "quant_report.md").read_text()) == (dtype == np.uint8)
+    if dtype == np.uint8 or top <= 63 or exact_here:
+        # measured by this CPU's kernels: exact for these forms (signed 8-bit only where u8*s8 does not saturate)
+        assert min(v["mean"] for v in rep["fidelity"]["runtime"].values() if isinstance(v, dict)) >= BAR["mean"]
+    if bits == 7:
+        with pytest.raises(SigliteError, match="weight_bits=6"):
+            quantize(outlier_ckpt, str(calib_dir), tmp_path / "six", weight_bits=6)
 
 
 def test_weights_are_converted_losslessly_for_the_serving_cpu(outlier_ckpt, calib_dir, sample_images, tmp_path,
@@ -508,6 +519,10 @@ def test_massive_activations_meet_the_bar_with_every_linear_layer_int8(massive_c
     assert made == {"vision.blocks.1.mlp.fc1": 2, "vision.blocks.2.mlp.fc1": 2}, made
     assert {lp["name"] for lp in rep["layers"] if lp["per_token"]} == set(sliced)  # per-token scales there only
     assert "outlier input channels in float32" in (tmp_path / "int8" / "quant_report.md").read_text()
+    # stored as the serving runtime runs it exactly and fastest: OpenVINO signed, ONNX Runtime as this CPU needs
+    stored = "int8" if engine == "openvino" else detect().weight_dtype
+    assert rep["cpu_isa"]["weight_dtype"] == stored
+    assert all(w.dtype == np.dtype(stored) for w in _stored_weights(tmp_path / "int8"))
 
     reference = siglite.load(folder, device="cpu")
     served = siglite.load(tmp_path / "int8", engine=engine)

@@ -123,7 +123,8 @@ def _calib(c: dict) -> str:
 
 def _isa(isa: dict) -> str:
     how = "forced by SIGLITE_CPU_ISA" if isa["forced"] else "detected"
-    stored = ("accumulates u8*s8 exactly: weights stored signed (int8)" if isa["exact"] else
-              "u8*s8 pair sums can saturate: weights stored as uint8 offset by 128, run by exact u8*u8 kernels")
-    return (f"| CPU instruction set | {isa['name']} ({how}); {stored}; engines convert losslessly at load for a "
-            "CPU that wants the other form |")
+    exact = "accumulates u8*s8 exactly" if isa["exact"] else "u8*s8 pair sums can saturate"
+    stored = ("weights stored as uint8 offset by 128, run by exact u8*u8 kernels" if isa["weight_dtype"] == "uint8"
+              else "weights stored signed (int8)")
+    return (f"| CPU instruction set | {isa['name']} ({how}); {exact}; {stored}; engines convert losslessly at load "
+            "where a CPU or runtime wants the other form |")
