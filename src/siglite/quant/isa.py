@@ -19,6 +19,7 @@ with ``ONEDNN_MAX_CPU_ISA``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -95,3 +96,15 @@ def detect() -> CpuIsa:
     if not flags and platform.machine().lower() in ("arm64", "aarch64"):  # macOS: no cpuinfo; Apple cores have dotprod
         return CpuIsa("arm_dotprod", True)
     return from_flags(flags)
+
+
+@contextlib.contextmanager
+def on_this_cpu():
+    """Within: `detect` answers for the CPU it runs on, whatever ``SIGLITE_CPU_ISA`` forces; for measuring here a
+    folder written for another CPU (engines then convert its weights to the form this CPU runs exactly)."""
+    saved = os.environ.pop(ENV, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[ENV] = saved

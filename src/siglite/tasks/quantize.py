@@ -18,7 +18,7 @@ from ..metrics import cosine_summary
 from ..quant import report as report_mod
 from ..quant.calib import Calibration, prepare
 from ..quant.int8 import BATCH, RECIPES, FidelityTarget, Plan, Recipe, plan, refine
-from ..quant.isa import SAFE_SIGNED_MAX, WEIGHT_MAX, detect
+from ..quant.isa import SAFE_SIGNED_MAX, WEIGHT_MAX, detect, on_this_cpu
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ def measure_runtime(folder: Path, engine: str, reference, cal: Calibration, toke
 
     import siglite
 
-    served = siglite.load(folder, engine=engine).engine
+    with on_this_cpu():  # a folder written for another CPU (SIGLITE_CPU_ISA) is measured as this CPU runs it exactly
+        served = siglite.load(folder, engine=engine).engine
     out: dict = {}
     ref_pooled = got_pooled = None
     sc = served.sidecar
