@@ -591,20 +591,27 @@ def test_quantize_measures_the_runtime_first_and_falls_back_only_when_it_misses(
     assert sidecar["quantization"]["float32_layers"] == hard["float32_layers"]
 
 
+def _tiny_text_spec(name: str, *, layers: int = 4, intermediate: int = 128, vocab: int = 500):
+    """`name`'s architecture at toy size: a 1-block vision tower and a small text tower of 16 positions."""
+    from siglite.registry import get_spec
+
+    base = get_spec(name)
+    return dataclasses.replace(base, vision={**base.vision, "hidden_size": 32, "intermediate_size": 64,
+                                             "num_hidden_layers": 1, "num_attention_heads": 2},
+                               text={**base.text, "hidden_size": 32, "intermediate_size": intermediate,
+                                     "num_hidden_layers": layers, "num_attention_heads": 2, "vocab_size": vocab,
+                                     "max_position_embeddings": 16})
+
+
 @pytest.mark.parametrize("name", ["siglip-base-patch16-224", "clip-vit-base-patch32"])
 def test_massive_fc2_inputs_builder_on_the_text_tower(name):
     """`massive_fc2_inputs(..., tower="text")` does to the text tower what it does to the vision one: token ids (SigLIP)
     or (ids, mask) (CLIP) in, a few positions 450-1900x the median at fc2's input of the middle blocks, the other
     blocks and the vision tower untouched; `fc2_input_ratios` measures the same ratios afterwards."""
     from siglite.checkpoints import random_model
-    from siglite.registry import get_spec
     from siglite.testing import fc2_input_ratios, massive_fc2_inputs
 
-    base = get_spec(name)
-    spec = dataclasses.replace(base, vision={**base.vision, "hidden_size": 32, "intermediate_size": 64,
-                                             "num_hidden_layers": 1, "num_attention_heads": 2},
-                               text={**base.text, "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 4,
-                                     "num_attention_heads": 2, "vocab_size": 500, "max_position_embeddings": 16})
+    spec = _tiny_text_spec(name)
     model = random_model(spec, seed=0).eval()
     vision_before = {k: v.clone() for k, v in model.vision.state_dict().items()}
     before = [b.mlp.fc1.weight.clone() for b in model.text.blocks]
@@ -613,7 +620,7 @@ def test_massive_fc2_inputs_builder_on_the_text_tower(name):
     lengths = torch.from_numpy(rng.integers(4, 17, 16))
     mask = (torch.arange(16)[None] < lengths[:, None]).long()
     ids[:, -1] = 499  # an EOS-like highest id somewhere, for CLIP's argmax pooling
-    inputs = (ids, mask) if base.family == "clip" else ids
+    inputs = (ids, mask) if spec.family == "clip" else ids
     ratios = massive_fc2_inputs(model, inputs, seed=1, tower="text")
     print(f"\n{name} text fc2 input max/median: " + ", ".join(f"block {b} {r:.0f}x" for b, r in ratios.items()))
     assert sorted(ratios) == [1, 2]  # the middle half of 4 blocks
@@ -638,14 +645,9 @@ def test_massive_fc2_inputs_builder_passes_over_channels_where_no_token_stands_o
     unbounded and fire at random on other inputs, as a CLIP text block did at 4e8x the median) and the tower keeps
     its weights."""
     from siglite.checkpoints import random_model
-    from siglite.registry import get_spec
     from siglite.testing import massive_fc2_inputs
 
-    base = get_spec("clip-vit-base-patch32")
-    spec = dataclasses.replace(base, vision={**base.vision, "hidden_size": 32, "intermediate_size": 64,
-                                             "num_hidden_layers": 1, "num_attention_heads": 2},
-                               text={**base.text, "hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 4,
-                                     "num_attention_heads": 2, "vocab_size": 500, "max_position_embeddings": 16})
+    spec = _tiny_text_spec("clip-vit-base-patch32")
     model = random_model(spec, seed=0).eval()
     before = {k: v.clone() for k, v in model.text.state_dict().items()}
     ids = torch.full((24, 16), 7)
@@ -660,14 +662,9 @@ def test_inject_outliers_reaches_the_text_tower_and_keeps_its_function():
     """`inject_outliers` on a text-only model (as benchmarks/int8_vs_nncf.py --tower text builds it): the text
     blocks' LayerNorm outputs get channels ~`scale`x the rest, the pooled output is unchanged (up to rounding)."""
     from siglite.checkpoints import random_model
-    from siglite.registry import get_spec
     from siglite.testing import inject_outliers
 
-    base = get_spec("siglip-base-patch16-224")
-    spec = dataclasses.replace(base, vision={**base.vision, "hidden_size": 32, "intermediate_size": 64,
-                                             "num_hidden_layers": 1, "num_attention_heads": 2},
-                               text={**base.text, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                     "num_attention_heads": 2, "vocab_size": 300, "max_position_embeddings": 16})
+    spec = _tiny_text_spec("siglip-base-patch16-224", layers=2, intermediate=64, vocab=300)
     model = random_model(spec, seed=0).eval()
     model.vision = None
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, 300, (4, 16)))
