@@ -23,17 +23,13 @@ then `--rounds` interleaved rounds; the median round is reported with the 1-minu
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from timing import interleaved  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
+from timing import add_speed_args, int8_summary, run_speed, speed_records, speed_table  # benchmarks/timing.py (scripts run with benchmarks/ on sys.path)
 
 SPEC = "siglip2-base-patch16-naflex"
 ASPECTS = [(1, 1), (3, 4), (4, 3), (9, 16), (3, 1)]  # (height, width) ratios
@@ -55,7 +51,6 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
 
     import siglite
     from siglite.checkpoints import random_model, save_checkpoint
-    from siglite.metrics import cosine_summary
     from siglite.preprocess import naflex
     from siglite.registry import get_spec
     from siglite.tasks.quantize import quantize
@@ -90,39 +85,16 @@ def run(args, work: Path) -> tuple[list[dict], dict]:
     for bs in args.batches:
         batch, _, _ = naflex.preprocess_batch(images(bs, bs), cfg, max_num_patches=args.max_num_patches,
                                               pad_to=args.max_num_patches)
-        ref = transformers_fp32(batch)
-        parity = {name: fn(batch) for name, fn in fns.items()}
         say(f"timing batch {bs} (grids {[tuple(int(v) for v in s) for s in batch.spatial_shapes[:5]]}), "
             f"{args.rounds} interleaved rounds")
-        load = [os.getloadavg()[0]]
-        times = {k: v["wall"] for k, v in interleaved(fns, batch, args.rounds).items()}
-        load.append(os.getloadavg()[0])
-        base = float(np.median(times[next(iter(fns))]))
-        for name, t in times.items():
-            s = float(np.median(t))
-            records.append({"model": SPEC, "layers": args.layers or 12, "max_num_patches": args.max_num_patches,
-                            "engine": name, "batch_size": bs, "ms_per_batch": 1e3 * s, "ms_per_image": 1e3 * s / bs,
-                            "fps": bs / s, "ratio_vs_transformers": base / s, "rounds_s": t,
-                            "worst_abs_diff_vs_transformers": float(np.abs(parity[name] - ref).max()),
-                            "embed_cosine_vs_transformers_min": cosine_summary(ref, parity[name])["min"],
-                            "loadavg_1min": load, "threads": args.threads})
-    fid = report["fidelity"]["runtime"]
-    quant = {"quantize_wall_s": quant_s, "calib": args.calib, "check": args.check,
-             "tokens_cosine_mean": fid["vision_hidden"]["mean"], "tokens_cosine_p1": fid["vision_hidden"]["p1"],
-             "embed_cosine_mean": fid["vision_pooled"]["mean"], "embed_cosine_p1": fid["vision_pooled"]["p1"],
-             "float32_layers": report["float32_layers"], "cpu_isa": report["cpu_isa"]["name"]}
+        records += speed_records(fns, batch, bs, args.rounds, args.threads, model=SPEC, layers=args.layers or 12,
+                                 max_num_patches=args.max_num_patches)
+    quant = int8_summary(report, quant_s, args.calib, args.check)
     return records, quant
 
 
 def markdown(records: list[dict], quant: dict) -> str:
-    lines = [("| engine | batch | ms / batch | ms / image | FPS | vs transformers fp32 | pooled vs transformers: "
-              "worst \\|Δ\\|, min cosine |"), "|---|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['engine']} | {r['batch_size']} | {r['ms_per_batch']:.0f} | {r['ms_per_image']:.1f} "
-                     f"| {r['fps']:.1f} | {r['ratio_vs_transformers']:.2f}× | "
-                     f"{r['worst_abs_diff_vs_transformers']:.1e}, {r['embed_cosine_vs_transformers_min']:.5f} |")
-    loads = ", ".join(f"batch {r['batch_size']} {r['loadavg_1min'][0]:.1f}→{r['loadavg_1min'][1]:.1f}"
-                      for r in records if r["engine"].startswith("transformers"))
+    lines, loads = speed_table(records, "pooled")
     r0 = records[0]
     lines += ["", f"{SPEC} shape ({r0['layers']} layers), random weights, vision tower, max_num_patches "
                   f"{r0['max_num_patches']} (aspect ratios 1:1, 3:4, 4:3, 9:16, 3:1), {r0['threads']} threads, median "
@@ -136,23 +108,10 @@ def markdown(records: list[dict], quant: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batches", type=int, nargs="+", default=[8])
+    add_speed_args(p, [8], "naflex_speed.json")
     p.add_argument("--max-num-patches", type=int, default=256)
     p.add_argument("--layers", type=int, default=None, help="vision depth override (default: the spec's 12)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per engine and batch (median reported)")
-    p.add_argument("--calib", type=int, default=32, help="generated calibration images")
-    p.add_argument("--check", type=int, default=16, help="held-out images the quantizer measures fidelity on")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", default=None, help="folder for the checkpoint and the INT8 model (default: temporary)")
-    p.add_argument("--json", default="naflex_speed.json", help="where to write the records")
-    args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        records, quant = run(args, Path(args.work or tmp))
-    Path(args.json).write_text(json.dumps({"records": records, "int8": quant}, indent=2) + "\n")
-    print(markdown(records, quant))
-    return 0
+    return run_speed(p.parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":

@@ -131,10 +131,9 @@ def transformers_target(folder: str | Path, precision: str | None = None, device
     from ..checkpoints.layout import read_image_processor
     from ..preprocess.naflex import is_naflex_processor
 
-    if is_naflex_processor(read_image_processor(Path(folder))):
-        return _transformers_naflex_target(folder, precision, device, max_num_patches)
+    naflex = is_naflex_processor(read_image_processor(Path(folder)))
     try:
-        from transformers import AutoImageProcessor, SiglipVisionModel
+        from transformers import AutoImageProcessor, Siglip2VisionModel, SiglipVisionModel
     except ImportError as e:
         raise SigliteError(f"the transformers baseline needs transformers ({e}; pip install 'siglite[dev]')") from e
     from PIL import Image
@@ -143,48 +142,37 @@ def transformers_target(folder: str | Path, precision: str | None = None, device
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = parse_dtype(precision)
-    model = SiglipVisionModel.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype).to(dev).eval()
+    cls = Siglip2VisionModel if naflex else SiglipVisionModel
+    model = cls.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype).to(dev).eval()
     processor = AutoImageProcessor.from_pretrained(str(folder))
 
-    @torch.inference_mode()
-    def run_tensor(x: torch.Tensor):
-        return model(pixel_values=x.to(dev, dtype)).pooler_output.float().cpu().numpy()
+    def opened(imgs):
+        return [Image.open(io.BytesIO(i) if isinstance(i, bytes) else i).convert("RGB") for i in imgs]
 
-    def run_images(imgs):
-        opened = [Image.open(io.BytesIO(i) if isinstance(i, bytes) else i).convert("RGB") for i in imgs]
-        return run_tensor(processor(images=opened, return_tensors="pt")["pixel_values"])
+    if naflex:
+        budget = max_num_patches or processor.max_num_patches
 
+        @torch.inference_mode()
+        def run(patches, mask, shapes):
+            return model(pixel_values=torch.as_tensor(patches).to(dev, dtype), pixel_attention_mask=torch.as_tensor(
+                mask).to(dev), spatial_shapes=torch.as_tensor(shapes).to(dev)).pooler_output.float().cpu().numpy()
+
+        def run_images(imgs):
+            x = processor(images=opened(imgs), max_num_patches=budget, return_tensors="pt")
+            return run(x["pixel_values"], x["pixel_attention_mask"], x["spatial_shapes"])
+
+        run_pixels = (lambda b: run(b.patches, b.mask, b.spatial_shapes))
+    else:
+        @torch.inference_mode()
+        def run_tensor(x: torch.Tensor):
+            return model(pixel_values=x.to(dev, dtype)).pooler_output.float().cpu().numpy()
+
+        def run_images(imgs):
+            return run_tensor(processor(images=opened(imgs), return_tensors="pt")["pixel_values"])
+
+        run_pixels = (lambda px: run_tensor(torch.from_numpy(px)))
     return Target(engine="transformers", precision=str(dtype).removeprefix("torch."), device=str(dev),
-                  run_pixels=lambda px: run_tensor(torch.from_numpy(px)), run_images=run_images)
-
-
-def _transformers_naflex_target(folder, precision, device, max_num_patches: int | None) -> Target:
-    try:
-        from transformers import AutoImageProcessor, Siglip2VisionModel
-    except ImportError as e:
-        raise SigliteError(f"the transformers baseline needs transformers ({e}; pip install 'siglite[dev]')") from e
-    from PIL import Image
-
-    from ..engines.torch import parse_dtype
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = parse_dtype(precision)
-    model = Siglip2VisionModel.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype).to(dev).eval()
-    processor = AutoImageProcessor.from_pretrained(str(folder))
-    budget = max_num_patches or processor.max_num_patches
-
-    @torch.inference_mode()
-    def run(patches, mask, shapes):
-        return model(pixel_values=torch.as_tensor(patches).to(dev, dtype), pixel_attention_mask=torch.as_tensor(
-            mask).to(dev), spatial_shapes=torch.as_tensor(shapes).to(dev)).pooler_output.float().cpu().numpy()
-
-    def run_images(imgs):
-        opened = [Image.open(io.BytesIO(i) if isinstance(i, bytes) else i).convert("RGB") for i in imgs]
-        x = processor(images=opened, max_num_patches=budget, return_tensors="pt")
-        return run(x["pixel_values"], x["pixel_attention_mask"], x["spatial_shapes"])
-
-    return Target(engine="transformers", precision=str(dtype).removeprefix("torch."), device=str(dev),
-                  run_pixels=lambda b: run(b.patches, b.mask, b.spatial_shapes), run_images=run_images)
+                  run_pixels=run_pixels, run_images=run_images)
 
 
 # -- measuring --------------------------------------------------------------------------------------------------------
