@@ -321,10 +321,9 @@ def test_serve_embeds_naflex_images(folder, quantized, fp32, images):
     import httpx
     from test_serve import ThreadServer, data_uri, png_bytes, wait_ready
 
-    from siglite.cli.common import apply_max_num_patches
     from siglite.serve.app import ServeSettings, build_local_app
 
-    small = apply_max_num_patches(siglite.load(folder, device="cpu"), 16)
+    small = siglite.load(folder, device="cpu").set_patch_budget(16)
     int8 = siglite.load(quantized)
     srv = ThreadServer(build_local_app({"nf": small, "nf8": int8}, ServeSettings(max_batch_size=4, workers=1))).start()
     try:

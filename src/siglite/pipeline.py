@@ -198,6 +198,13 @@ class Model:
                                f"the cuda engine's); {budget} does not fit")
         return int(budget)
 
+    def set_patch_budget(self, max_num_patches: int | None) -> Model:
+        """Make `max_num_patches` the NaFlex patch budget of calls that name none (None: leave it as it is); checked
+        as `patch_budget` checks it (one-line errors). Returns the model."""
+        if max_num_patches is not None:
+            self.max_num_patches = self.patch_budget(max_num_patches)
+        return self
+
     def _encode_patches(self, chunk: list, tokens: bool, on_error: str, max_num_patches: int | None, taps: dict):
         """NaFlex: one batch padded to its longest image (or to the engine's fixed length); tokens cut back to each
         image's own rows*cols."""

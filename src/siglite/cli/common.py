@@ -127,20 +127,12 @@ def add_max_num_patches_arg(p: argparse.ArgumentParser, help: str = MAX_NUM_PATC
     p.add_argument("--max-num-patches", type=positive_int, default=None, metavar="N", help=help)
 
 
-def apply_max_num_patches(model, budget: int | None):
-    """Make `budget` the default patch budget of a loaded `Model` (None: leave it); a one-line error for a model that
-    is not NaFlex, or a budget larger than an exported graph's."""
-    if budget is not None:
-        model.max_num_patches = model.patch_budget(budget)
-    return model
-
-
 def load_model(args):
     import siglite
 
     model = siglite.load(args.model, engine=args.engine, device=args.device, dtype=args.precision,
                          revision=args.revision)
-    return apply_max_num_patches(model, getattr(args, "max_num_patches", None))
+    return model.set_patch_budget(getattr(args, "max_num_patches", None))
 
 
 def check_out_file(args, path: str | None, flag: str = "--out") -> None:

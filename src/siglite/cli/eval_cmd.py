@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .common import (add_batch_size_arg, add_format_arg, add_max_num_patches_arg, add_model_args, add_overwrite_arg,
-                     add_quiet_arg, apply_max_num_patches, check_out_file, device, emit, existing_file, load_model,
+                     add_quiet_arg, check_out_file, device, emit, existing_file, load_model,
                      nonnegative_int, positive_int, progress_bar)
 
 EPILOG = """examples:
@@ -154,8 +154,8 @@ def run_fidelity(args):
     reference = load_model(args)
     candidate = siglite.load(args.candidate or args.model, engine=args.candidate_engine or args.engine,
                              device=args.candidate_device or args.device,
-                             dtype=args.candidate_precision or args.precision, revision=args.revision)
-    apply_max_num_patches(candidate, args.max_num_patches)
+                             dtype=args.candidate_precision or args.precision,
+                             revision=args.revision).set_patch_budget(args.max_num_patches)
     with progress_bar(args, len(images), "fidelity", "img") as bar:
         record = fidelity(reference, candidate, images, labels, classnames, templates=_templates(args),
                           preprocess=args.preprocess, batch_size=args.batch_size, progress=bar)

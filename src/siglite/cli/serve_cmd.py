@@ -4,7 +4,7 @@ import argparse
 import os
 
 from ..errors import SigliteError
-from .common import add_max_num_patches_arg, apply_max_num_patches
+from .common import add_max_num_patches_arg
 
 EPILOG = """examples:
   siglite serve --model google/siglip-base-patch16-224 --port 8000
@@ -124,5 +124,5 @@ def run(args):
         if not naflex_models:
             raise SigliteError("--max-num-patches applies to SigLIP 2 NaFlex models; none of --model is one")
         for m in naflex_models:
-            apply_max_num_patches(m, args.max_num_patches)
+            m.set_patch_budget(args.max_num_patches)
     return run_server(models, settings, host=args.host, port=args.port, log_level=args.log_level)

@@ -107,7 +107,7 @@ def _naflex_target(model, device: str, decode: str, max_num_patches: int | None)
     if decode != "cpu":
         raise SigliteError("NaFlex models decode and patchify on the CPU; --decode gpu does not apply")
     eng = model.engine
-    model.max_num_patches = model.patch_budget(max_num_patches)
+    model.set_patch_budget(max_num_patches)
     pad_to = getattr(eng, "num_patches", None)  # an exported graph's fixed length (>= the budget)
 
     def run_patches(batch):

@@ -40,9 +40,7 @@ class ShardWorker:
 
         args = dict(load_args)
         budget = args.pop("max_num_patches", None)  # NaFlex patch budget (siglite embed --max-num-patches)
-        model = siglite.load(args.pop("name_or_path"), **args)
-        if budget is not None:
-            model.max_num_patches = model.patch_budget(budget)
+        model = siglite.load(args.pop("name_or_path"), **args).set_patch_budget(budget)
         self.step = make_step(model, source, cfg)
         self.out = OutputDir(out, source.modality)
         self.dims = dims
