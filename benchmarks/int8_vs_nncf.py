@@ -256,9 +256,10 @@ def feeds(tower: str, inputs: tuple) -> list[dict]:
     return out
 
 
-def run_kind(kind: str, args, work: Path, calib: list, held: list) -> dict:
+def run_kind(kind: str, args, work: Path, calib: list, held: list, floor: bool = False) -> dict:
     """Build, quantize both ways, measure fidelity and time one kind of weights. `calib`: images or texts, the first
-    args.images fit both quantizers, the next args.check are siglite's own check set; `held`: the fidelity set."""
+    args.images fit both quantizers, the next args.check are siglite's own check set; `held`: the fidelity set;
+    `floor`: also time one float32 forward over `calib` (`float32_floor`)."""
     import siglite
     from siglite.tasks.quantize import quantize
 
@@ -305,6 +306,8 @@ def run_kind(kind: str, args, work: Path, calib: list, held: list) -> dict:
                             "float_channels": {lp["name"]: lp["float_channels"] for lp in rep["layers"]
                                                if lp.get("float_channels")},
                             "calibration": rep["calibration"], "runtime_fidelity": rep["fidelity"]["runtime"]}
+    if floor:
+        rec["float32_forward_cpu_s"] = float32_floor(src, work, tower, reference, pool, args.batch, say)
     engines = {"siglite int8 (onnxruntime)": siglite.load(work / "siglite-int8", engine="onnxruntime").engine}
     if not args.no_nncf:
         folder, wall, cpu = nncf_quantize(src, work, tower, feeds(tower, calib_in), say)
@@ -335,6 +338,26 @@ def run_kind(kind: str, args, work: Path, calib: list, held: list) -> dict:
 
 
 BASELINE = "transformers fp32 (sdpa)"
+
+
+def float32_floor(src: Path, work: Path, tower: str, reference, inputs: tuple, batch: int, say) -> dict:
+    """CPU seconds of one float32 forward over `inputs` (the calibration and check inputs a quantizer reads), in
+    siglite's torch engine (what `siglite quantize` gathers its statistics and reference outputs with) and in ONNX
+    Runtime on the exported float32 graph (the fastest float32 runtime measured here): a floor under the quantization
+    time of any recipe that calibrates on the float model's activations."""
+    import siglite
+    from siglite.export import export
+
+    export(src, work / "onnx-fp32")
+    runtimes = {"siglite torch": reference.engine,
+                "onnxruntime": siglite.load(work / "onnx-fp32", engine="onnxruntime").engine}
+    out = {}
+    for name, engine in runtimes.items():
+        encode(engine, tower, take(inputs, 0, batch), batch)  # warm-up
+        out[name] = timed(lambda: encode(engine, tower, inputs, batch))[2]
+    say(f"float32 forward over {count(inputs)} inputs: "
+        + ", ".join(f"{k} {v:.0f} CPU s" for k, v in out.items()))
+    return out
 
 
 def fc2_ratio(model, tower: str, inputs: tuple) -> dict[int, float]:
@@ -390,6 +413,10 @@ def markdown(records: list[dict], args) -> str:
                      "Texts: the test fixtures' synthetic corpus, tokenized by a tokenizer trained on it (padded to "
                      f"{'77, with mask' if family_of(args.model) == 'clip' else '64, no mask'}).")
     for r in records:
+        if "float32_forward_cpu_s" in r:
+            notes.append(f"one float32 forward over the {args.images + args.check} calibration + check {what} "
+                         "(the floor under a quantization that calibrates in float32): "
+                         + ", ".join(f"{k} {v:.0f} CPU s" for k, v in r["float32_forward_cpu_s"].items()))
         if r["kind"] == "massive":
             notes.append("massive: fc2 input max/median |x| on held-out inputs: "
                          + ", ".join(f"block {b} {v:.0f}x" for b, v in r.get("max_over_median_heldout", {}).items()))
@@ -440,6 +467,9 @@ def main(argv=None) -> int:
     p.add_argument("--sensitivity-samples", type=int, default=0, help="passed to siglite quantize")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-nncf", action="store_true", help="siglite only (nncf not installed)")
+    p.add_argument("--floor", action="store_true",
+                   help="also time one float32 forward over the calibration + check inputs (siglite torch, ONNX "
+                        "Runtime), once per run: the floor under any quantization time that calibrates in float32")
     p.add_argument("--work", default=None, help="folder for checkpoints and exports (default: a temporary one)")
     p.add_argument("--json", default="int8_vs_nncf.json", help="where to write the records")
     args = p.parse_args(argv)
@@ -461,7 +491,9 @@ def main(argv=None) -> int:
         p.error("--batch must be <= --eval (the timed batch is taken from the held-out inputs)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        records = [run_kind(k, args, work / k, calib, held) for k in args.kinds]
+        # the floor once per run: the cost of a float32 forward does not depend on the weights' values
+        records = [run_kind(k, args, work / k, calib, held, floor=args.floor and i == 0)
+                   for i, k in enumerate(args.kinds)]
     Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
     print(markdown(records, args))
     print()
