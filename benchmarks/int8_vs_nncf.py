@@ -32,6 +32,7 @@ token 1%-low bar.
     python benchmarks/int8_vs_nncf.py --model clip-vit-base-patch32       # CLIP ViT-B/32 vision tower
     python benchmarks/int8_vs_nncf.py --tower text                        # SigLIP base text tower
     python benchmarks/int8_vs_nncf.py --tower text --model clip-vit-base-patch32
+    python benchmarks/int8_vs_nncf.py --images 128 --kinds random --floor   # + one float32 forward's CPU time
 
 Targets (issue 15): siglite INT8 >= 1.1x NNCF INT8 throughput (wall and CPU), token cosine mean >= 0.999 and 1%-low
 >= 0.998 (text: pooled 1%-low >= 0.998), pooled mean >= 0.999, on all three kinds, every linear layer INT8;
