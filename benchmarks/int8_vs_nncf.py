@@ -355,7 +355,7 @@ def float32_floor(src: Path, work: Path, tower: str, reference, inputs: tuple, b
     out = {}
     for name, engine in runtimes.items():
         encode(engine, tower, take(inputs, 0, batch), batch)  # warm-up
-        out[name] = timed(lambda: encode(engine, tower, inputs, batch))[2]
+        out[name] = timed(lambda e=engine: encode(e, tower, inputs, batch))[2]
     say(f"float32 forward over {count(inputs)} inputs: "
         + ", ".join(f"{k} {v:.0f} CPU s" for k, v in out.items()))
     return out
