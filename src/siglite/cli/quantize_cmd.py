@@ -83,8 +83,9 @@ def run(args):
                    num_check=args.num_check,
                    calib_texts=args.calib_text, preprocess=args.preprocess,
                    sensitivity_samples=args.sensitivity_samples, revision=args.revision,
-                   progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)), layer=layer_value(args),
-                   post_norm=args.post_norm, max_num_patches=args.max_num_patches, weight_bits=args.weight_bits)
+                   progress=None if args.quiet else (lambda line: print(line, file=sys.stderr)),
+                   layer=layer_value(args), post_norm=args.post_norm, max_num_patches=args.max_num_patches,
+                   weight_bits=args.weight_bits)
     rows = []
     for output, s in rep["fidelity"]["runtime"].items():
         if isinstance(s, dict):

@@ -16,8 +16,9 @@ matmuls, GELU, residual adds, the pooling head's probe):
   columns permuted alike) and their product is computed in float32 beside the INT8 product of the others, so the
   dynamic range of the INT8 part no longer spans the massive values; those layers also scale their INT8 input per
   token, so that a massive value calibration never showed (another channel, another token) costs only its own
-  token's precision. The producer (fc1) computes the massive channels in float32 too. The count (`Recipe.float_channels`) is the
-  fewest whose measured error is within `FLOAT_SLICE_GAIN` of the best count tried: none on layers without them;
+  token's precision. The producer (fc1) computes the massive channels in float32 too. The count
+  (`Recipe.float_channels`) is the fewest whose measured error is within `FLOAT_SLICE_GAIN` of the best count tried:
+  none on layers without them;
 * sensitivity: each layer is quantized alone and the towers' output cosine is measured on held-out calibration
   inputs; if the fully quantized model misses the fidelity target, the most damaging layers go back to float32,
   one at a time, until it meets it.

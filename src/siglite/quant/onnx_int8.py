@@ -8,13 +8,13 @@ Per quantized layer ``Y = MatMul(X, W)`` (W a (K, N) initializer, the transposed
 
 with Wq the INT8 weights and ws their (N,) or scalar scales. Wq is stored signed (zero point 0) or, for CPUs whose u8 x
 s8 kernels can saturate, as uint8 Wq + 128 with zero point 128 (`isa`; the same numbers, converted losslessly by
-`convert_weights`). A layer with its last k input channels in float32 (the recipe's
-outlier slice) computes ``Slice(X, 0, K - k) -> the above with Wq[:K - k]`` plus ``MatMul(Slice(X, K - k, K),
-W[K - k:])`` in float32; one with its last r output columns in float32 (the layer producing those channels)
-concatenates ``MatMul(X, W[:, N - r:])`` in float32 after the INT8 product of the others. This is the layout ONNX Runtime's `quantize_dynamic` writes, which
-its graph optimizer fuses into one ``DynamicQuantizeMatMul`` (or ``MatMulIntegerToFloat``) kernel; OpenVINO reads it
-too. Layers are found by value (an initializer equal to a layer's transposed weight), so no exporter naming scheme
-is relied on.
+`convert_weights`). A layer with its last k input channels in float32 (the recipe's outlier slice) computes
+``Slice(X, 0, K - k) -> the above with Wq[:K - k]`` plus ``MatMul(Slice(X, K - k, K), W[K - k:])`` in float32; one with
+its last r output columns in float32 (the layer producing those channels) concatenates ``MatMul(X, W[:, N - r:])`` in
+float32 after the INT8 product of the others. This is the layout ONNX Runtime's `quantize_dynamic` writes, which its
+graph optimizer fuses into one ``DynamicQuantizeMatMul`` (or ``MatMulIntegerToFloat``) kernel; OpenVINO reads it too.
+Layers are found by value (an initializer equal to a layer's transposed weight), so no exporter naming scheme is relied
+on.
 """
 
 from __future__ import annotations
