@@ -65,6 +65,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
     Returns:
         The report (also written as ``quant_report.json`` and ``.md`` in `out`).
     """
+    from ..engines.graph import int8_weight_dtype
     from ..export import build_sidecar, cut_model, export_onnx_graphs, naflex_patch_budget, prepare_folder
     from ..checkpoints import resolve
     from ..checkpoints.layout import load_text_tokenizer as load_tokenizer, read_image_processor
@@ -103,10 +104,7 @@ def quantize(model: str | Path, calib, out: str | Path, *, engine: str = "onnxru
              progress=say)
     out = prepare_folder(out, source)
     isa = detect()
-    # ONNX Runtime: the storage this CPU's kernels run exactly (`quant.isa`; 7-bit weights are exact signed on any
-    # CPU); OpenVINO runs signed weights on any CPU
-    weight_dtype = (isa.weight_dtype if engine == "onnxruntime" and recipe.weight_max > SAFE_SIGNED_MAX
-                    else "int8")
+    weight_dtype = int8_weight_dtype(engine, recipe.weight_max)  # what the engine runs exactly here (`quant.isa`)
     t_export = t_check = 0.0
 
     def write_and_measure():
